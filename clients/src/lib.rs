@@ -1,0 +1,1 @@
+//! Outpost client (being written).

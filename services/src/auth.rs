@@ -1,0 +1,1 @@
+//! Token validation (being written).

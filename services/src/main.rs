@@ -1,0 +1,5 @@
+//! The `outpost` binary: `serve`, `check` and `dev`.
+
+fn main() {
+    println!("outpost");
+}

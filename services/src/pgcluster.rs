@@ -1,0 +1,1 @@
+//! pgcluster (being written)

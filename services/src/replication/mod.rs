@@ -1,0 +1,1 @@
+//! The logical replication client (being written).

@@ -1,0 +1,1 @@
+//! Schema files (being written).
