@@ -1,5 +1,2 @@
-//! The `outpost` binary: `serve`, `check` and `dev`.
-
-fn main() {
-    println!("outpost");
-}
+//! The `outpost` binary (being assembled).
+fn main() {}

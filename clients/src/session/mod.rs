@@ -1,0 +1,403 @@
+//! The sync session loop: connect, stream, apply, reconnect.
+//!
+//! ```text
+//! loop {
+//!     writer.restart()          roll back anything pending, read cursors + epoch
+//!     connect + Sync(request)   Bearer token, shapes, cursors, epoch, client id
+//!     for each message:         Schema / DataBatch / BucketReset → writer (queued)
+//!                               Checkpoint → writer verifies and commits; wait
+//!     on error: definite → return it; transient → backoff, reconnect
+//! }
+//! ```
+//!
+//! Error classes: `Unauthenticated`, `PermissionDenied`, `InvalidArgument`,
+//! `NotFound` and `Unimplemented` are definite (retrying cannot help) and end
+//! the loop with a [`ClientError`] that says what to do. Connection failures,
+//! `Unavailable` and every other status, a closed stream, data the replica
+//! cannot apply and checksum mismatches are transient: the loop waits with
+//! exponential backoff and reconnects from the committed cursors. A local
+//! SQLite failure is definite.
+//!
+//! Cancellation: dropping the future at any await point is safe: the writer
+//! thread rolls back whatever was pending (see [`writer`]).
+
+mod backoff;
+mod writer;
+
+use crate::replica::{CheckpointOutcome, CheckpointState};
+use crate::{ClientError, format_lsn};
+use backoff::Backoff;
+use outpost_proto::v1::sync_client::SyncClient;
+use outpost_proto::v1::sync_response::Message;
+use outpost_proto::v1::{ShapeRequest, SyncRequest};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+use tonic::Code;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::Endpoint;
+use writer::Writer;
+
+/// The largest message accepted from the service.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What to sync, from where, into which file.
+#[derive(Clone)]
+pub struct SyncOptions {
+    /// The service address, e.g. `http://localhost:4000`.
+    pub server: String,
+    /// The user's token, sent as `authorization: Bearer <token>`.
+    pub token: String,
+    /// The replica file (created if missing).
+    pub db: PathBuf,
+    /// Shapes to sync by name; empty for the schema's default set.
+    pub shapes: Vec<String>,
+    /// Return after the first checkpoint is applied instead of syncing forever.
+    pub once: bool,
+    /// The first delay before reconnecting.
+    pub backoff_initial: Duration,
+    /// The longest delay between reconnection attempts.
+    pub backoff_max: Duration,
+    /// How long to wait for a TCP connection to the service.
+    pub connect_timeout: Duration,
+}
+
+impl SyncOptions {
+    /// Options with the default backoff (200 ms doubling up to 10 s), all of
+    /// the schema's default shapes, syncing forever.
+    pub fn new(
+        server: impl Into<String>,
+        token: impl Into<String>,
+        db: impl Into<PathBuf>,
+    ) -> Self {
+        SyncOptions {
+            server: server.into(),
+            token: token.into(),
+            db: db.into(),
+            shapes: Vec::new(),
+            once: false,
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for SyncOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncOptions")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .field("db", &self.db)
+            .field("shapes", &self.shapes)
+            .field("once", &self.once)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// What happened during a sync, for progress displays and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncEvent {
+    /// A stream to the service is open.
+    Connected,
+    /// A data batch arrived; `rows_pending` rows wait for the next checkpoint.
+    Progress {
+        /// Row operations received since the last applied checkpoint.
+        rows_pending: u64,
+    },
+    /// A checkpoint was verified and committed.
+    Checkpoint {
+        /// The checkpoint's op id.
+        op_id: u64,
+        /// The Postgres LSN the replica now corresponds to.
+        lsn: u64,
+        /// Row operations the checkpoint applied.
+        rows_applied: u64,
+    },
+    /// The service told the client to drop a bucket.
+    BucketReset {
+        /// The bucket.
+        bucket: String,
+        /// True when the bucket left the user's set.
+        removed: bool,
+        /// The service's reason.
+        reason: String,
+    },
+    /// A bucket's checksum did not match; it is dropped and downloaded again.
+    ChecksumMismatch {
+        /// The bucket.
+        bucket: String,
+    },
+    /// The stream ended; the client reconnects after a backoff delay.
+    Disconnected {
+        /// Why the stream ended.
+        error: String,
+    },
+}
+
+/// The result of [`sync`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncSummary {
+    /// Checkpoints applied.
+    pub checkpoints: u64,
+    /// Row operations received over the network (applied or not).
+    pub rows_received: u64,
+    /// The last checkpoint applied.
+    pub last: Option<CheckpointState>,
+}
+
+/// Syncs the replica; returns after the first checkpoint when `once` is set,
+/// otherwise runs until a definite error.
+pub async fn sync(opts: SyncOptions) -> Result<SyncSummary, ClientError> {
+    let (events, _ignored) = tokio::sync::mpsc::unbounded_channel();
+    sync_with_events(opts, events).await
+}
+
+/// Like [`sync`], reporting what happens on `events` (a closed receiver is fine).
+pub async fn sync_with_events(
+    opts: SyncOptions,
+    events: UnboundedSender<SyncEvent>,
+) -> Result<SyncSummary, ClientError> {
+    let endpoint = endpoint(&opts)?;
+    let auth = auth_header(&opts.token)?;
+    let writer = Writer::start(opts.db.clone()).await?;
+    let mut run = Run {
+        opts: &opts,
+        endpoint,
+        auth,
+        writer: &writer,
+        events: &events,
+        summary: SyncSummary::default(),
+        backoff: Backoff::new(opts.backoff_initial, opts.backoff_max),
+    };
+    let result = run.run().await;
+    let summary = run.summary;
+    writer.close().await;
+    result.map(|()| summary)
+}
+
+/// How a session ended.
+enum Stop {
+    /// Retrying cannot help.
+    Fatal(ClientError),
+    /// Reconnect after a backoff delay.
+    Retry(String),
+}
+
+impl From<ClientError> for Stop {
+    fn from(e: ClientError) -> Self {
+        if e.is_transient() {
+            Stop::Retry(e.to_string())
+        } else {
+            Stop::Fatal(e)
+        }
+    }
+}
+
+fn classify(status: tonic::Status) -> Stop {
+    let message = status.message().to_string();
+    match status.code() {
+        Code::Unauthenticated => Stop::Fatal(ClientError::Unauthenticated(message)),
+        Code::PermissionDenied => Stop::Fatal(ClientError::PermissionDenied(message)),
+        Code::InvalidArgument | Code::NotFound => Stop::Fatal(ClientError::InvalidRequest(message)),
+        Code::Unimplemented => Stop::Fatal(ClientError::Unimplemented(message)),
+        code => Stop::Retry(format!("{code:?}: {message}")),
+    }
+}
+
+fn endpoint(opts: &SyncOptions) -> Result<Endpoint, ClientError> {
+    let invalid = |reason: String| ClientError::InvalidServer {
+        url: opts.server.clone(),
+        reason,
+    };
+    let endpoint =
+        Endpoint::from_shared(opts.server.clone()).map_err(|e| invalid(e.to_string()))?;
+    match endpoint.uri().scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(invalid(
+                "this client build has no TLS support; use http:// behind a TLS-terminating proxy"
+                    .into(),
+            ));
+        }
+        _ => return Err(invalid("the address needs an http:// scheme".into())),
+    }
+    if endpoint.uri().host().is_none_or(str::is_empty) {
+        return Err(invalid("the address has no host".into()));
+    }
+    Ok(endpoint
+        .connect_timeout(opts.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true))
+}
+
+fn auth_header(token: &str) -> Result<AsciiMetadataValue, ClientError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ClientError::InvalidToken(
+            "the token is empty; pass --token or set OUTPOST_TOKEN".into(),
+        ));
+    }
+    format!("Bearer {token}").parse().map_err(|_| {
+        ClientError::InvalidToken("it contains non-ASCII or control characters".into())
+    })
+}
+
+/// The state of one call to [`sync_with_events`].
+struct Run<'a> {
+    opts: &'a SyncOptions,
+    endpoint: Endpoint,
+    auth: AsciiMetadataValue,
+    writer: &'a Writer,
+    events: &'a UnboundedSender<SyncEvent>,
+    summary: SyncSummary,
+    backoff: Backoff,
+}
+
+impl Run<'_> {
+    fn emit(&self, event: SyncEvent) {
+        let _ = self.events.send(event);
+    }
+
+    async fn run(&mut self) -> Result<(), ClientError> {
+        loop {
+            match self.session().await {
+                Ok(()) => return Ok(()),
+                Err(Stop::Fatal(e)) => return Err(e),
+                Err(Stop::Retry(error)) => {
+                    let delay = self.backoff.next_delay();
+                    tracing::warn!(
+                        server = %self.opts.server,
+                        %error,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "sync stream ended; reconnecting"
+                    );
+                    self.emit(SyncEvent::Disconnected { error });
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One connection: returns `Ok` only when `once` is satisfied.
+    async fn session(&mut self) -> Result<(), Stop> {
+        let state = self.writer.restart().await?;
+        let channel = self.endpoint.connect().await.map_err(|e| {
+            Stop::Retry(format!(
+                "cannot connect to {}: {}",
+                self.opts.server,
+                error_chain(&e)
+            ))
+        })?;
+        let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut request = tonic::Request::new(SyncRequest {
+            shapes: self
+                .opts
+                .shapes
+                .iter()
+                .map(|name| ShapeRequest { name: name.clone() })
+                .collect(),
+            cursors: state.cursors,
+            epoch: state.epoch,
+            client_id: state.client_id,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", self.auth.clone());
+        let mut stream = client.sync(request).await.map_err(classify)?.into_inner();
+        tracing::info!(server = %self.opts.server, "sync stream open");
+        self.emit(SyncEvent::Connected);
+
+        let mut rows_pending = 0u64;
+        loop {
+            let Some(response) = stream.message().await.map_err(classify)? else {
+                return Err(Stop::Retry("the service closed the stream".into()));
+            };
+            let Some(message) = response.message else {
+                tracing::debug!("ignoring an empty or unknown message from the service");
+                continue;
+            };
+            match message {
+                Message::Schema(schema) => {
+                    tracing::debug!(version = %schema.version, tables = schema.tables.len(), "schema");
+                    self.writer.schema(schema).await?;
+                }
+                Message::Data(batch) => {
+                    let rows = batch.ops.len() as u64;
+                    self.summary.rows_received += rows;
+                    rows_pending += rows;
+                    self.writer.data(batch).await?;
+                    self.emit(SyncEvent::Progress { rows_pending });
+                }
+                Message::Reset(reset) => {
+                    tracing::info!(bucket = %reset.bucket, removed = reset.removed, reason = %reset.reason, "bucket reset");
+                    self.emit(SyncEvent::BucketReset {
+                        bucket: reset.bucket.clone(),
+                        removed: reset.removed,
+                        reason: reset.reason.clone(),
+                    });
+                    self.writer.reset(reset).await?;
+                }
+                Message::Checkpoint(checkpoint) => {
+                    match self.writer.checkpoint(checkpoint).await? {
+                        CheckpointOutcome::Applied { state, rows } => {
+                            tracing::debug!(op_id = state.op_id, lsn = %format_lsn(state.lsn), rows, "checkpoint applied");
+                            self.summary.checkpoints += 1;
+                            self.backoff.reset();
+                            rows_pending = 0;
+                            self.emit(SyncEvent::Checkpoint {
+                                op_id: state.op_id,
+                                lsn: state.lsn,
+                                rows_applied: rows,
+                            });
+                            self.summary.last = Some(state);
+                            if self.opts.once {
+                                return Ok(());
+                            }
+                        }
+                        CheckpointOutcome::Mismatch(mismatches) => {
+                            let mut names = Vec::new();
+                            for m in mismatches {
+                                tracing::warn!(
+                                    bucket = %m.bucket,
+                                    expected_checksum = m.expected_checksum,
+                                    expected_count = m.expected_count,
+                                    checksum = m.checksum,
+                                    count = m.count,
+                                    "bucket checksum mismatch; dropping the bucket to download it again"
+                                );
+                                self.emit(SyncEvent::ChecksumMismatch {
+                                    bucket: m.bucket.clone(),
+                                });
+                                names.push(m.bucket);
+                            }
+                            return Err(Stop::Retry(format!(
+                                "checksum mismatch in {}",
+                                names.join(", ")
+                            )));
+                        }
+                    }
+                }
+                Message::Keepalive(_) => {}
+            }
+        }
+    }
+}
+
+/// An error with its sources, which is where transport errors say what failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

@@ -1,0 +1,167 @@
+//! The replica writer: a dedicated thread that owns the [`Replica`] and applies
+//! the stream's messages in order, so SQLite work never blocks the async
+//! runtime and network reads overlap with disk writes.
+//!
+//! Invariants:
+//! - commands are applied in the order the stream delivered them;
+//! - after a failed command the pending transaction is rolled back at once and
+//!   the rest of the checkpoint is skipped; the error is answered to the
+//!   `Checkpoint` (or ignored by the `Restart`) that follows;
+//! - when every [`Writer`] handle is dropped (the sync future was dropped), the
+//!   thread drains its queue, drops the replica (rolling back anything pending)
+//!   and exits. Nothing half-applied is ever committed.
+
+use crate::ClientError;
+use crate::replica::{CheckpointOutcome, Replica};
+use outpost_proto::v1::{BucketCursor, BucketReset, Checkpoint, DataBatch, Schema};
+use std::path::PathBuf;
+use tokio::sync::{mpsc, oneshot};
+
+/// Messages queued between the network and the writer thread.
+const QUEUE: usize = 32;
+
+/// What the session needs to open a stream.
+#[derive(Debug)]
+pub(crate) struct RequestState {
+    pub(crate) client_id: String,
+    pub(crate) epoch: String,
+    pub(crate) cursors: Vec<BucketCursor>,
+}
+
+enum Command {
+    Schema(Schema),
+    Data(DataBatch),
+    Reset(BucketReset),
+    Checkpoint(
+        Checkpoint,
+        oneshot::Sender<Result<CheckpointOutcome, ClientError>>,
+    ),
+    /// Rolls back anything pending and answers the committed cursors.
+    Restart(oneshot::Sender<Result<RequestState, ClientError>>),
+    /// Closes the replica and answers once the file is closed.
+    Close(oneshot::Sender<()>),
+}
+
+/// A handle on the writer thread.
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Command>,
+}
+
+fn gone() -> ClientError {
+    ClientError::Writer("the replica thread exited".into())
+}
+
+impl Writer {
+    /// Opens the replica on a new thread.
+    pub(crate) async fn start(path: PathBuf) -> Result<Self, ClientError> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (opened_tx, opened_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("outpost-replica".into())
+            .spawn(move || match Replica::open(&path) {
+                Ok(replica) => {
+                    let _ = opened_tx.send(Ok(()));
+                    run(replica, rx);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| ClientError::Writer(format!("cannot start the replica thread: {e}")))?;
+        opened_rx.await.map_err(|_| gone())??;
+        Ok(Writer { tx })
+    }
+
+    async fn send(&self, command: Command) -> Result<(), ClientError> {
+        self.tx.send(command).await.map_err(|_| gone())
+    }
+
+    pub(crate) async fn schema(&self, schema: Schema) -> Result<(), ClientError> {
+        self.send(Command::Schema(schema)).await
+    }
+
+    pub(crate) async fn data(&self, batch: DataBatch) -> Result<(), ClientError> {
+        self.send(Command::Data(batch)).await
+    }
+
+    pub(crate) async fn reset(&self, reset: BucketReset) -> Result<(), ClientError> {
+        self.send(Command::Reset(reset)).await
+    }
+
+    /// Verifies and commits (or rolls back) everything sent since the last checkpoint.
+    pub(crate) async fn checkpoint(
+        &self,
+        checkpoint: Checkpoint,
+    ) -> Result<CheckpointOutcome, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Checkpoint(checkpoint, reply)).await?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Discards anything pending; returns what to ask the service for.
+    pub(crate) async fn restart(&self) -> Result<RequestState, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Restart(reply)).await?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Closes the replica file and waits until it is closed.
+    pub(crate) async fn close(self) {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Command::Close(reply)).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+}
+
+fn run(mut replica: Replica, mut rx: mpsc::Receiver<Command>) {
+    // The first error since the last checkpoint; later data is skipped.
+    let mut failed: Option<ClientError> = None;
+    while let Some(command) = rx.blocking_recv() {
+        let applied = match command {
+            Command::Schema(schema) if failed.is_none() => replica.apply_schema(&schema),
+            Command::Data(batch) if failed.is_none() => replica.apply_data(&batch).map(|_| ()),
+            Command::Reset(reset) if failed.is_none() => replica.apply_reset(&reset),
+            Command::Schema(_) | Command::Data(_) | Command::Reset(_) => Ok(()),
+            Command::Checkpoint(checkpoint, reply) => {
+                let outcome = match failed.take() {
+                    Some(e) => Err(e),
+                    None => replica.apply_checkpoint(&checkpoint).inspect_err(|_| {
+                        rollback(&mut replica);
+                    }),
+                };
+                let _ = reply.send(outcome);
+                Ok(())
+            }
+            Command::Restart(reply) => {
+                failed = None;
+                let state = replica.rollback().and_then(|()| {
+                    let (epoch, cursors) = replica.request_state()?;
+                    Ok(RequestState {
+                        client_id: replica.client_id().to_string(),
+                        epoch,
+                        cursors,
+                    })
+                });
+                let _ = reply.send(state);
+                Ok(())
+            }
+            Command::Close(reply) => {
+                drop(replica);
+                let _ = reply.send(());
+                return;
+            }
+        };
+        if let Err(e) = applied {
+            rollback(&mut replica);
+            failed = Some(e);
+        }
+    }
+    // Every handle is gone: `replica` drops here, rolling back what is pending.
+}
+
+fn rollback(replica: &mut Replica) {
+    if let Err(e) = replica.rollback() {
+        tracing::error!(error = %e, "could not roll back the replica transaction");
+    }
+}

@@ -1,0 +1,195 @@
+//! `outpost dev`: everything needed to try Outpost on one machine.
+//!
+//! Creates a throwaway Postgres cluster from the installed binaries, loads
+//! the example todo app from `schema/` (its `*.sql` files, then its schema
+//! files), starts the service with a random HS256 secret, prints demo tokens
+//! and the client commands to try, and — when the `outpost-client` binary
+//! sits next to this one — runs a short scripted demo with it. Ctrl-C stops
+//! everything and removes the cluster.
+
+use anyhow::{Context, bail};
+use outpost::auth::AuthConfig;
+use outpost::config::ServiceConfig;
+use outpost::pgcluster::PgCluster;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// The directory with the example app's SQL and schema files.
+    #[arg(long, default_value = "schema")]
+    schema_dir: PathBuf,
+    /// Where the gRPC server listens.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: String,
+    /// Skip the scripted client demo.
+    #[arg(long)]
+    no_demo: bool,
+    /// Exit after the scripted demo instead of serving until Ctrl-C.
+    #[arg(long)]
+    exit_after_demo: bool,
+}
+
+const DATABASE: &str = "outpost_demo";
+
+fn sql_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {} (run from the repository root, or pass --schema-dir)", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn token(secret: &str, sub: &str) -> anyhow::Result<String> {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 7 * 24 * 3600;
+    Ok(outpost::auth::sign_hs256(secret, &serde_json::json!({ "sub": sub, "exp": exp }))?)
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    eprintln!("outpost dev: starting a throwaway Postgres cluster…");
+    let pg = tokio::task::spawn_blocking(PgCluster::start).await??;
+    eprintln!("outpost dev: Postgres is up on port {}", pg.port());
+    pg.create_database(DATABASE)?;
+    let files = sql_files(&args.schema_dir)?;
+    if files.is_empty() {
+        bail!("no *.sql files in {}: nothing to load", args.schema_dir.display());
+    }
+    for file in &files {
+        let sql = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        pg.psql(DATABASE, &sql).with_context(|| format!("loading {}", file.display()))?;
+        eprintln!("outpost dev: loaded {}", file.display());
+    }
+    let data_dir = tempfile::Builder::new().prefix("outpost-dev-").tempdir()?;
+    let secret = format!("{:032x}", rand::random::<u128>());
+    let cfg = ServiceConfig {
+        database_url: pg.url(DATABASE),
+        schema_dir: args.schema_dir.clone(),
+        data_dir: data_dir.path().to_path_buf(),
+        listen: args.listen.parse().context("--listen must be an address like 127.0.0.1:7400")?,
+        slot: "outpost".into(),
+        publication: "outpost".into(),
+        create_publication: true,
+        keepalive_secs: 15,
+        auth: AuthConfig { hs256_secret: Some(secret.clone()), leeway_secs: 30, ..AuthConfig::default() },
+    };
+    let service = outpost::service::start(cfg).await?;
+    let server = format!("http://{}", service.addr);
+    let alice = token(&secret, "alice")?;
+    let bob = token(&secret, "bob")?;
+    let client = client_binary();
+    let client_cmd = client.as_ref().map_or_else(
+        || "cargo run -p outpost-client --".to_string(),
+        |p| p.display().to_string(),
+    );
+    println!();
+    println!("Outpost is running: gRPC on {server}, Postgres at {}", pg.url(DATABASE));
+    println!();
+    println!("Demo tokens (HS256, valid 7 days):");
+    println!("  alice: {alice}");
+    println!("  bob:   {bob}");
+    println!();
+    println!("Sync alice's replica (keeps running, Ctrl-C to stop):");
+    println!("  {client_cmd} sync --server {server} --token {alice} --db alice.db");
+    println!("Then look at it, or change Postgres and watch the change arrive:");
+    println!("  {client_cmd} query --db alice.db \"SELECT * FROM todos\"");
+    println!(
+        "  psql '{}' -c \"INSERT INTO todos (list_id, owner, title) VALUES (1, 'alice', 'Buy milk')\"",
+        pg.url(DATABASE)
+    );
+    println!();
+
+    if !args.no_demo {
+        match &client {
+            Some(client) => {
+                let demo_dir = tempfile::Builder::new().prefix("outpost-demo-").tempdir()?;
+                let result = demo(client, &server, &alice, &bob, &pg, demo_dir.path()).await;
+                if let Err(e) = result {
+                    eprintln!("outpost dev: the scripted demo failed: {e:#}");
+                    if args.exit_after_demo {
+                        let _ = service.shutdown().await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => eprintln!("outpost dev: outpost-client not found next to this binary; build it with `cargo build --workspace` for the scripted demo"),
+        }
+    }
+    if args.exit_after_demo {
+        service.shutdown().await?;
+        return Ok(());
+    }
+    eprintln!("outpost dev: serving; Ctrl-C stops the service and removes the cluster");
+    service
+        .run_until(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    drop(pg);
+    eprintln!("outpost dev: stopped, cluster removed");
+    Ok(())
+}
+
+/// `outpost-client` next to the running binary, if it was built.
+fn client_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let candidate = exe.parent()?.join("outpost-client");
+    candidate.is_file().then_some(candidate)
+}
+
+fn run_client(client: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(client)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("running {}", client.display()))?;
+    if !out.status.success() {
+        bail!("outpost-client {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn demo(client: &Path, server: &str, alice: &str, bob: &str, pg: &PgCluster, dir: &Path) -> anyhow::Result<()> {
+    let client = client.to_path_buf();
+    let server = server.to_string();
+    let (alice, bob) = (alice.to_string(), bob.to_string());
+    let alice_db = dir.join("alice.db").display().to_string();
+    let bob_db = dir.join("bob.db").display().to_string();
+    let step = |title: &str| println!("── {title}");
+    step("demo 1: alice and bob sync their replicas (each sees only their own rows)");
+    for (name, token, db) in [("alice", &alice, &alice_db), ("bob", &bob, &bob_db)] {
+        let c = client.clone();
+        let (s, t, d) = (server.clone(), token.clone(), db.clone());
+        tokio::task::spawn_blocking(move || run_client(&c, &["sync", "--server", &s, "--token", &t, "--db", &d, "--once"]))
+            .await??;
+        let rows = run_client(&client, &["query", "--db", db, "SELECT id, title, done FROM todos ORDER BY id"])?;
+        println!("{name}'s todos:\n{}", indent(&rows));
+    }
+    step("demo 2: a change in Postgres reaches alice's replica");
+    pg.psql(DATABASE, "INSERT INTO todos (list_id, owner, title) VALUES (1, 'alice', 'Written in Postgres just now')")?;
+    let target = pg.psql(DATABASE, "SELECT pg_current_wal_lsn()")?;
+    let target: outpost::lsn::Lsn = target.trim().parse()?;
+    let mut rows = String::new();
+    for _ in 0..50 {
+        let c = client.clone();
+        let (s, t, d) = (server.clone(), alice.clone(), alice_db.clone());
+        tokio::task::spawn_blocking(move || run_client(&c, &["sync", "--server", &s, "--token", &t, "--db", &d, "--once"]))
+            .await??;
+        rows = run_client(&client, &["query", "--db", &alice_db, "SELECT id, title FROM todos ORDER BY id"])?;
+        let status = run_client(&client, &["status", "--db", &alice_db])?;
+        if rows.contains("Written in Postgres just now") || status.contains(&target.to_string()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    println!("alice's todos now:\n{}", indent(&rows));
+    if !rows.contains("Written in Postgres just now") {
+        bail!("the new row did not reach alice's replica");
+    }
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("   {l}\n")).collect()
+}

@@ -1,0 +1,167 @@
+//! The store writer thread: owns the [`StoreWriter`] and applies messages
+//! from the replication task in order, committing the store at replicated
+//! transaction boundaries (group commit: one store commit for every run of
+//! transactions that arrive together), then publishing the new [`Progress`].
+//!
+//! SQLite calls block, so they run on this dedicated thread; the replication
+//! task keeps reading the network meanwhile. The channel between them is
+//! bounded, which applies back-pressure to the walsender.
+
+use super::{IngestError, RowChanges};
+use crate::lsn::Lsn;
+use crate::replication::PgOutput;
+use crate::schema::CompiledSchema;
+use crate::store::{StoreWriter, TextRow};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// A store commit is forced at the next transaction boundary past these.
+const GROUP_COMMIT_MAX_AGE: Duration = Duration::from_millis(100);
+const GROUP_COMMIT_MAX_OPS: u64 = 100_000;
+
+/// What the replication task tells the writer.
+#[derive(Debug)]
+pub enum WriterMsg {
+    /// A decoded pgoutput message, in stream order.
+    Replicated(PgOutput),
+    /// No transaction is open and nothing before `lsn` remains to be sent.
+    Idle(Lsn),
+    /// The replication connection was lost: drop an incomplete transaction.
+    Reconnected,
+    /// Start loading a snapshot: empty the store under a new epoch.
+    SnapshotBegin { schema_version: String, slot: String, epoch: String },
+    /// Rows of the snapshot for one table (index into the compiled schema).
+    SnapshotRows { table: usize, rows: Vec<TextRow> },
+    /// The snapshot is complete; the stream continues from `consistent_point`.
+    SnapshotEnd { consistent_point: Lsn },
+}
+
+/// What the store holds, published after every store commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub epoch: String,
+    pub schema_version: String,
+    pub slot: String,
+    /// Highest op id committed.
+    pub op_id: u64,
+    /// Everything below this LSN is durably stored: safe to acknowledge.
+    pub durable_lsn: Lsn,
+}
+
+/// The replication task's side of the writer thread.
+pub struct WriterHandle {
+    pub tx: mpsc::Sender<WriterMsg>,
+    pub progress: watch::Receiver<Progress>,
+    thread: Option<std::thread::JoinHandle<Result<(), IngestError>>>,
+}
+
+impl WriterHandle {
+    /// Closes the channel and waits for the thread, returning its error.
+    /// Blocking.
+    pub fn close_and_join(self) -> Result<(), IngestError> {
+        let WriterHandle { tx, progress, thread } = self;
+        drop(tx);
+        drop(progress);
+        match thread.map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(IngestError::WriterPanicked),
+            None => Ok(()),
+        }
+    }
+}
+
+fn progress_of(store: &StoreWriter) -> Progress {
+    let s = store.state();
+    Progress {
+        epoch: s.epoch.clone(),
+        schema_version: s.schema_version.clone(),
+        slot: s.slot.clone(),
+        op_id: s.last_op_id,
+        durable_lsn: s.durable_lsn,
+    }
+}
+
+/// Starts the writer thread over an opened store.
+pub fn spawn_writer(store: StoreWriter, schema: Arc<CompiledSchema>) -> WriterHandle {
+    let (tx, rx) = mpsc::channel(8192);
+    let (progress_tx, progress) = watch::channel(progress_of(&store));
+    let thread = std::thread::Builder::new()
+        .name("outpost-store".into())
+        .spawn(move || {
+            let result = run(store, RowChanges::new(schema), rx, &progress_tx);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "store writer stopped");
+            }
+            result
+        })
+        .expect("spawning the store writer thread");
+    WriterHandle { tx, progress, thread: Some(thread) }
+}
+
+fn run(
+    mut store: StoreWriter,
+    mut changes: RowChanges,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    progress: &watch::Sender<Progress>,
+) -> Result<(), IngestError> {
+    let mut opened_at: Option<Instant> = None;
+    let mut ops_in_txn: u64 = 0;
+    let mut commit = |store: &mut StoreWriter, opened_at: &mut Option<Instant>, ops: &mut u64| -> Result<(), IngestError> {
+        store.commit()?;
+        *opened_at = None;
+        *ops = 0;
+        progress.send_replace(progress_of(store));
+        Ok(())
+    };
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            WriterMsg::Replicated(m) => {
+                let closed = changes.apply(&mut store, m)?;
+                if store.in_transaction() && opened_at.is_none() {
+                    opened_at = Some(Instant::now());
+                }
+                ops_in_txn += changes.take_ops_written();
+                if closed.is_some() {
+                    let old = opened_at.is_some_and(|t| t.elapsed() >= GROUP_COMMIT_MAX_AGE);
+                    if rx.is_empty() || old || ops_in_txn >= GROUP_COMMIT_MAX_OPS {
+                        commit(&mut store, &mut opened_at, &mut ops_in_txn)?;
+                    }
+                }
+            }
+            WriterMsg::Idle(lsn) => {
+                commit(&mut store, &mut opened_at, &mut ops_in_txn)?;
+                if lsn > store.state().durable_lsn {
+                    store.mark_idle(lsn)?;
+                    progress.send_replace(progress_of(&store));
+                }
+            }
+            WriterMsg::Reconnected => {
+                store.rollback()?;
+                changes.reset_connection();
+                opened_at = None;
+                ops_in_txn = 0;
+                progress.send_replace(progress_of(&store));
+            }
+            WriterMsg::SnapshotBegin { schema_version, slot, epoch } => {
+                store.rollback()?;
+                changes.reset_connection();
+                store.reinitialise(&schema_version, &slot, &epoch)?;
+            }
+            WriterMsg::SnapshotRows { table, rows } => {
+                for row in rows {
+                    changes.snapshot_row(&mut store, table, row)?;
+                }
+                changes.take_ops_written();
+            }
+            WriterMsg::SnapshotEnd { consistent_point } => {
+                // Transactions that committed before the consistent point are
+                // in the snapshot; the slot streams only later ones.
+                store.mark_commit(Lsn(consistent_point.0.saturating_sub(1)), consistent_point);
+                commit(&mut store, &mut opened_at, &mut ops_in_txn)?;
+            }
+        }
+    }
+    store.rollback()?;
+    Ok(())
+}

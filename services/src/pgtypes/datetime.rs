@@ -1,0 +1,184 @@
+//! Postgres ISO date/time output → ISO-8601 wire text.
+//!
+//! Invariants: the fractional seconds are copied digit for digit (no rounding,
+//! no padding); years are astronomical (1 BC = `0000`, 44 BC = `-0043`),
+//! zero-padded to 4 digits and never truncated; a `timestamptz` printed with a
+//! non-zero offset is moved to UTC on the proleptic Gregorian calendar, as
+//! Postgres does, so any session time zone gives the same instant.
+
+const SECS_PER_DAY: i64 = 86_400;
+
+/// `YYYY-MM-DD HH:MM:SS[.f][±HH[:MM[:SS]]][ BC]` → `YYYY-MM-DDTHH:MM:SS[.f][Z]`.
+pub(super) fn timestamp_iso(text: &str, with_zone: bool) -> Result<String, String> {
+    if matches!(text, "infinity" | "-infinity") {
+        return Ok(text.to_string());
+    }
+    let (body, bc) = split_era(text);
+    let (date, rest) = body
+        .split_once(' ')
+        .ok_or("expected a date and a time separated by a space")?;
+    let (year, month, day) = parse_date(date, bc)?;
+    let (clock, offset) = if with_zone {
+        let at = rest
+            .rfind(['+', '-'])
+            .ok_or("expected a UTC offset such as +00")?;
+        (&rest[..at], parse_offset(&rest[at..])?)
+    } else {
+        (rest, 0)
+    };
+    let (hms, frac) = match clock.split_once('.') {
+        Some((hms, f)) if !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) => {
+            (hms, &clock[hms.len()..])
+        }
+        Some(_) => return Err("bad fractional seconds".into()),
+        None => (clock, ""),
+    };
+    let (hour, minute, second) = parse_hms(hms)?;
+    let (year, month, day, hour, minute, second) = if offset == 0 {
+        (year, month, day, hour, minute, second)
+    } else {
+        let secs = days_from_civil(year, month, day) * SECS_PER_DAY
+            + i64::from(hour) * 3600
+            + i64::from(minute) * 60
+            + i64::from(second)
+            - offset;
+        let (y, m, d) = civil_from_days(secs.div_euclid(SECS_PER_DAY));
+        let tod = secs.rem_euclid(SECS_PER_DAY);
+        // tod < 86400, so each part fits in u32.
+        (
+            y,
+            m,
+            d,
+            (tod / 3600) as u32,
+            (tod % 3600 / 60) as u32,
+            (tod % 60) as u32,
+        )
+    };
+    Ok(format!(
+        "{}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{frac}{}",
+        format_year(year),
+        if with_zone { "Z" } else { "" }
+    ))
+}
+
+/// `YYYY-MM-DD[ BC]` → `YYYY-MM-DD` with an astronomical year.
+pub(super) fn date_iso(text: &str) -> Result<String, String> {
+    if matches!(text, "infinity" | "-infinity") {
+        return Ok(text.to_string());
+    }
+    let (body, bc) = split_era(text);
+    let (year, month, day) = parse_date(body, bc)?;
+    Ok(format!("{}-{month:02}-{day:02}", format_year(year)))
+}
+
+fn split_era(text: &str) -> (&str, bool) {
+    match text.strip_suffix(" BC") {
+        Some(body) => (body, true),
+        None => (text, false),
+    }
+}
+
+fn format_year(year: i64) -> String {
+    if year < 0 {
+        format!("-{:04}", -year)
+    } else {
+        format!("{year:04}")
+    }
+}
+
+fn digits(s: &str, what: &str) -> Result<i64, String> {
+    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("bad {what} {s:?}"));
+    }
+    s.parse::<i64>()
+        .map_err(|e| format!("bad {what} {s:?}: {e}"))
+}
+
+/// The astronomical year, month and day of `YYYY-MM-DD` (BC when `bc`).
+fn parse_date(date: &str, bc: bool) -> Result<(i64, u32, u32), String> {
+    let mut parts = date.split('-');
+    let (Some(y), Some(m), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("bad date {date:?}"));
+    };
+    let year = digits(y, "year")?;
+    let month = digits(m, "month")?;
+    let day = digits(d, "day")?;
+    if year == 0 {
+        return Err("year 0 does not exist (1 BC precedes 1 AD)".into());
+    }
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return Err(format!("bad date {date:?}"));
+    }
+    let year = if bc { 1 - year } else { year };
+    // Range-checked above.
+    Ok((year, month as u32, day as u32))
+}
+
+fn parse_hms(hms: &str) -> Result<(u32, u32, u32), String> {
+    let mut parts = hms.split(':');
+    let (Some(h), Some(m), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("bad time {hms:?}"));
+    };
+    let (h, m, s) = (
+        digits(h, "hour")?,
+        digits(m, "minute")?,
+        digits(s, "second")?,
+    );
+    if h > 24 || m > 59 || s > 60 {
+        return Err(format!("bad time {hms:?}"));
+    }
+    // Range-checked above.
+    Ok((h as u32, m as u32, s as u32))
+}
+
+/// `±HH[:MM[:SS]]` → seconds east of UTC.
+fn parse_offset(text: &str) -> Result<i64, String> {
+    let (sign, rest) = match text.split_at(1) {
+        ("+", rest) => (1, rest),
+        ("-", rest) => (-1, rest),
+        _ => return Err(format!("bad UTC offset {text:?}")),
+    };
+    let mut secs = 0;
+    let mut count = 0;
+    for (i, part) in rest.split(':').enumerate() {
+        if i > 2 || part.len() != 2 {
+            return Err(format!("bad UTC offset {text:?}"));
+        }
+        secs += digits(part, "UTC offset")? * [3600, 60, 1][i];
+        count += 1;
+    }
+    if count == 0 {
+        return Err(format!("bad UTC offset {text:?}"));
+    }
+    Ok(sign * secs)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (astronomical year).
+pub(super) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The proleptic Gregorian date (astronomical year) of a day count since 1970-01-01.
+pub(super) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // day is in 1..=31 and month in 1..=12 by construction.
+    (year, month as u32, day as u32)
+}

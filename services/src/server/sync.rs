@@ -1,0 +1,97 @@
+//! The `Sync` call: authenticates the token, resolves the user's buckets and
+//! starts a session task that streams them.
+
+use super::session::{Session, SessionStart};
+use crate::auth::Authenticator;
+use crate::ingest::Progress;
+use crate::schema::CompiledSchema;
+use crate::store::ReaderPool;
+use outpost_proto::v1::sync_server::Sync as SyncApi;
+use outpost_proto::v1::{SyncRequest, SyncResponse};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// What every session needs.
+pub struct SyncContext {
+    pub schema: Arc<CompiledSchema>,
+    pub auth: Arc<Authenticator>,
+    pub readers: Arc<ReaderPool>,
+    /// Store progress, published by the writer after every commit.
+    pub progress: watch::Receiver<Progress>,
+    /// How often an idle stream gets a keepalive.
+    pub keepalive: Duration,
+    /// Most ops in one `DataBatch`.
+    pub batch_ops: usize,
+}
+
+/// The `outpost.v1.Sync` service.
+pub struct SyncService {
+    ctx: Arc<SyncContext>,
+}
+
+impl SyncService {
+    pub fn new(ctx: Arc<SyncContext>) -> Self {
+        SyncService { ctx }
+    }
+}
+
+fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
+    let value = request
+        .metadata()
+        .get("authorization")
+        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("the authorization metadata is not text"))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .ok_or_else(|| Status::unauthenticated("the authorization metadata must be `Bearer <token>`"))
+}
+
+#[tonic::async_trait]
+impl SyncApi for SyncService {
+    type SyncStream = ReceiverStream<Result<SyncResponse, Status>>;
+
+    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
+        let token = bearer_token(&request)?;
+        let claims = self.ctx.auth.verify(token).map_err(|e| {
+            tracing::info!(error = %e, "token refused");
+            Status::unauthenticated(format!("token refused: {e}"))
+        })?;
+        let request = request.into_inner();
+        let shapes: Vec<String> = request.shapes.iter().map(|s| s.name.clone()).collect();
+        let buckets = self
+            .ctx
+            .schema
+            .user_buckets(&shapes, &claims.0)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let tables: BTreeSet<usize> = self
+            .ctx
+            .schema
+            .shapes
+            .iter()
+            .filter(|s| if shapes.is_empty() { s.default } else { shapes.contains(&s.name) })
+            .map(|s| s.table)
+            .collect();
+        tracing::info!(
+            client_id = %request.client_id,
+            sub = claims.sub().unwrap_or(""),
+            buckets = buckets.len(),
+            "sync stream opened"
+        );
+        let (tx, rx) = mpsc::channel(16);
+        let session = Session::new(
+            self.ctx.clone(),
+            SessionStart { buckets, tables: tables.into_iter().collect(), request },
+            tx,
+        );
+        tokio::spawn(session.run());
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,182 @@
+//! The whole service assembled: schema compiled against the live catalog, the
+//! store opened, the writer thread, the replication task and the gRPC server,
+//! with one shutdown signal for all of them.
+//!
+//! Shutdown order: stop accepting streams, stop replication (after a last
+//! status update), then close the writer, which commits nothing partial.
+
+use crate::auth::{AuthError, Authenticator};
+use crate::config::ServiceConfig;
+use crate::ingest::spawn_writer;
+use crate::replicator::{self, ReplicatorConfig, ReplicatorError};
+use crate::schema::{self, Catalog, CompiledSchema, SchemaErrors};
+use crate::server::{self, ServeError, SyncContext};
+use crate::store::{self, ReaderPool, StoreError, StoreWriter};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Schema(#[from] SchemaErrors),
+    #[error("database URL: {0}")]
+    DatabaseUrl(tokio_postgres::Error),
+    #[error("cannot connect to Postgres to read the catalog: {0}")]
+    Connect(tokio_postgres::Error),
+    #[error("reading the Postgres catalog: {0}")]
+    Catalog(String),
+    #[error("auth: {0}")]
+    Auth(#[from] AuthError),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("replication: {0}")]
+    Replication(#[from] ReplicatorError),
+    #[error("the service task failed: {0}")]
+    Panicked(String),
+    #[error("store writer: {0}")]
+    Writer(#[from] crate::ingest::IngestError),
+}
+
+/// Loads the schema files and compiles them against the live catalog: what
+/// `outpost check` runs, and the first step of `outpost serve`.
+pub async fn compile_schema(cfg: &ServiceConfig) -> Result<CompiledSchema, ServiceError> {
+    let source = schema::load_dir(&cfg.schema_dir)?;
+    let pg: tokio_postgres::Config = cfg.database_url.parse().map_err(ServiceError::DatabaseUrl)?;
+    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(ServiceError::Connect)?;
+    let task = tokio::spawn(connection);
+    let catalog = Catalog::load(&client, &source.tables())
+        .await
+        .map_err(|e| ServiceError::Catalog(e.to_string()));
+    drop(client);
+    let _ = task.await;
+    Ok(schema::compile(&source, &catalog?)?)
+}
+
+/// A started service.
+pub struct RunningService {
+    /// The address the gRPC server listens on.
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), ServiceError>>,
+}
+
+impl RunningService {
+    /// Stops everything and waits for it.
+    pub async fn shutdown(self) -> Result<(), ServiceError> {
+        let _ = self.shutdown.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the service stops by itself (a definite error).
+    pub async fn wait(self) -> Result<(), ServiceError> {
+        join(self.task).await
+    }
+
+    /// Runs until `stop` resolves (then shuts down cleanly) or the service
+    /// stops by itself.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) -> Result<(), ServiceError> {
+        let RunningService { shutdown, mut task, .. } = self;
+        tokio::select! {
+            result = &mut task => flatten(result),
+            _ = stop => {
+                tracing::info!("shutting down");
+                let _ = shutdown.send(true);
+                join(task).await
+            }
+        }
+    }
+}
+
+/// Starts the service: returns once it listens.
+pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
+    let schema = Arc::new(compile_schema(&cfg).await?);
+    tracing::info!(tables = schema.tables.len(), shapes = schema.shapes.len(), version = %schema.version, "schema compiled");
+    let auth = Arc::new(Authenticator::new(&cfg.auth)?);
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServiceError::DataDir { path: cfg.data_dir.clone(), source })?;
+    let db_path = store::database_path(&cfg.data_dir);
+    let writer = StoreWriter::open(&db_path)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServiceError::Listen { addr: cfg.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServiceError::Listen { addr: cfg.listen, source })?;
+
+    let handle = spawn_writer(writer, schema.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ctx = Arc::new(SyncContext {
+        schema: schema.clone(),
+        auth,
+        readers: Arc::new(ReaderPool::new(&db_path, 16)),
+        progress: handle.progress.clone(),
+        keepalive: Duration::from_secs(cfg.keepalive_secs.max(1)),
+        batch_ops: 1000,
+    });
+    let rcfg = ReplicatorConfig {
+        pg: cfg.database_url.parse().map_err(ServiceError::DatabaseUrl)?,
+        slot: cfg.slot.clone(),
+        publication: cfg.publication.clone(),
+        create_publication: cfg.create_publication,
+        status_interval: Duration::from_secs(1),
+    };
+    let task = tokio::spawn(async move {
+        let mut server_shutdown = shutdown_rx.clone();
+        let server = tokio::spawn(server::serve(listener, ctx, async move {
+            let _ = server_shutdown.wait_for(|s| *s).await;
+        }));
+        let replication = replicator::run(rcfg, schema, handle.tx.clone(), handle.progress.clone(), shutdown_rx.clone()).await;
+        if let Err(e) = &replication {
+            tracing::error!(error = %e, "replication stopped");
+        }
+        // Replication ended (shutdown or a definite error): stop serving too.
+        let WriterAndServer { writer_result, server_result } = stop(handle, server).await;
+        replication?;
+        writer_result?;
+        server_result?;
+        Ok(())
+    });
+    tracing::info!(%addr, "listening");
+    Ok(RunningService { addr, shutdown: shutdown_tx, task })
+}
+
+fn flatten(result: Result<Result<(), ServiceError>, tokio::task::JoinError>) -> Result<(), ServiceError> {
+    result.unwrap_or_else(|e| Err(ServiceError::Panicked(e.to_string())))
+}
+
+async fn join(task: tokio::task::JoinHandle<Result<(), ServiceError>>) -> Result<(), ServiceError> {
+    flatten(task.await)
+}
+
+struct WriterAndServer {
+    writer_result: Result<(), crate::ingest::IngestError>,
+    server_result: Result<(), ServeError>,
+}
+
+async fn stop(
+    handle: crate::ingest::WriterHandle,
+    server: tokio::task::JoinHandle<Result<(), ServeError>>,
+) -> WriterAndServer {
+    server.abort();
+    let server_result = match server.await {
+        Ok(r) => r,
+        Err(_) => Ok(()),
+    };
+    let writer_result = tokio::task::spawn_blocking(move || handle.close_and_join())
+        .await
+        .unwrap_or(Err(crate::ingest::IngestError::WriterPanicked));
+    WriterAndServer { writer_result, server_result }
+}
