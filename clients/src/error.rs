@@ -4,7 +4,8 @@
 //! sorts errors into two classes: *definite* errors that retrying cannot fix
 //! (a refused token, a bad server address, a broken replica file) end
 //! [`crate::sync`]; *transient* errors (the service is unreachable, the stream
-//! broke, the service sent something the replica could not apply) are retried
+//! broke, the service sent something the replica could not apply, another
+//! connection held the replica's write lock too long) are retried
 //! with backoff and reported as [`crate::SyncEvent::Disconnected`].
 
 use std::path::PathBuf;
@@ -87,6 +88,14 @@ impl ClientError {
     /// Whether the session loop retries after this error (with backoff)
     /// instead of returning it.
     pub(crate) fn is_transient(&self) -> bool {
-        matches!(self, ClientError::Protocol(_))
+        match self {
+            ClientError::Protocol(_) => true,
+            // Another connection held the write lock past the busy timeout.
+            ClientError::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
     }
 }

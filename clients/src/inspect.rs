@@ -60,7 +60,7 @@ pub fn write_query(conn: &Connection, sql: &str, out: &mut dyn Write) -> Result<
     if !stmt.readonly() {
         return Err(ClientError::NotReadOnly(sql.to_string()));
     }
-    let names: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+    let names: Vec<String> = stmt.column_names().map(String::from).collect();
     writeln!(out, "{}", names.join("\t"))?;
     let mut rows = stmt.query([])?;
     let mut count = 0u64;

@@ -7,7 +7,7 @@
 //!            resets, checkpoints   cursors                    checkpoint
 //! ```
 //!
-//! - [`replica`]: the SQLite file: typed tables, bucket state, checksums.
+//! - [`Replica`]: the SQLite file: typed tables, bucket state, checksums.
 //! - [`sync`] / [`sync_with_events`]: the session loop that connects, applies
 //!   and reconnects.
 //! - [`inspect`]: read-only views of a replica for tools and demos.
@@ -17,7 +17,7 @@
 
 mod error;
 pub mod inspect;
-pub mod replica;
+mod replica;
 mod session;
 
 pub use error::ClientError;

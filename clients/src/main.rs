@@ -142,14 +142,13 @@ async fn show_progress(mut events: tokio::sync::mpsc::UnboundedReceiver<SyncEven
     let mut last_line = Instant::now();
     let mut received_total = 0u64;
     let mut pending_printed = false;
+    let mut first = true;
     while let Some(event) = events.recv().await {
         match event {
-            SyncEvent::Progress { rows_pending } => {
-                if last_line.elapsed() >= EVERY {
-                    eprintln!("downloading: {rows_pending} rows received");
-                    last_line = Instant::now();
-                    pending_printed = true;
-                }
+            SyncEvent::Progress { rows_pending } if last_line.elapsed() >= EVERY => {
+                eprintln!("downloading: {rows_pending} rows received");
+                last_line = Instant::now();
+                pending_printed = true;
             }
             SyncEvent::Checkpoint {
                 op_id,
@@ -157,7 +156,7 @@ async fn show_progress(mut events: tokio::sync::mpsc::UnboundedReceiver<SyncEven
                 rows_applied,
             } => {
                 received_total += rows_applied;
-                if rows_applied > 0 || pending_printed {
+                if rows_applied > 0 || pending_printed || first {
                     eprintln!(
                         "checkpoint op {op_id} at LSN {}: {rows_applied} rows applied ({received_total} this run)",
                         format_lsn(lsn)
@@ -165,6 +164,7 @@ async fn show_progress(mut events: tokio::sync::mpsc::UnboundedReceiver<SyncEven
                     last_line = Instant::now();
                 }
                 pending_printed = false;
+                first = false;
             }
             SyncEvent::Disconnected { .. } => pending_printed = false,
             _ => {}

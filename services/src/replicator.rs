@@ -122,6 +122,9 @@ async fn session(
     let mut stream = conn.start_replication(&cfg.slot, start, &cfg.publication).await?;
     let mut in_txn = false;
     let mut acked = Lsn::ZERO;
+    // The furthest WAL position received. Reported as the *write* position
+    // (never as flush): a Postgres shutting down waits for it.
+    let mut received = start;
     let mut ticker = tokio::time::interval(cfg.status_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -129,13 +132,14 @@ async fn session(
             biased;
             _ = shutdown.changed() => {
                 let durable = progress.borrow().durable_lsn;
-                let _ = stream.send_status(durable, durable, durable, false).await;
+                let _ = stream.send_status(received.max(durable), durable, durable, false).await;
                 return Ok(());
             }
             event = stream.next() => {
                 match event? {
                     None => return Err(ReplicatorError::StreamEnded),
-                    Some(ReplicationEvent::Message { message, .. }) => {
+                    Some(ReplicationEvent::Message { message, wal_end, .. }) => {
+                        received = received.max(wal_end);
                         match &message {
                             PgOutput::Begin(_) => in_txn = true,
                             PgOutput::Commit(_) => in_txn = false,
@@ -144,12 +148,13 @@ async fn session(
                         writer.send(WriterMsg::Replicated(message)).await.map_err(|_| ReplicatorError::WriterGone)?;
                     }
                     Some(ReplicationEvent::Keepalive { wal_end, reply_requested }) => {
+                        received = received.max(wal_end);
                         if !in_txn {
                             writer.send(WriterMsg::Idle(wal_end)).await.map_err(|_| ReplicatorError::WriterGone)?;
                         }
                         if reply_requested {
                             let durable = progress.borrow().durable_lsn;
-                            stream.send_status(durable, durable, durable, false).await?;
+                            stream.send_status(received.max(durable), durable, durable, false).await?;
                             acked = durable;
                         }
                     }
@@ -163,13 +168,13 @@ async fn session(
                 // burst, so Postgres can recycle WAL and send keepalives.
                 let durable = progress.borrow_and_update().durable_lsn;
                 if durable > acked && !in_txn {
-                    stream.send_status(durable, durable, durable, false).await?;
+                    stream.send_status(received.max(durable), durable, durable, false).await?;
                     acked = durable;
                 }
             }
             _ = ticker.tick() => {
                 let durable = progress.borrow().durable_lsn;
-                stream.send_status(durable, durable, durable, false).await?;
+                stream.send_status(received.max(durable), durable, durable, false).await?;
                 acked = durable;
             }
         }

@@ -2,9 +2,11 @@
 //! resets and checkpoints, all inside one transaction per checkpoint.
 //!
 //! Invariants kept here:
-//! - the first change after a checkpoint opens the transaction (`BEGIN
-//!   IMMEDIATE`); only [`Replica::apply_checkpoint`] commits it, and only when
-//!   every listed bucket's checksum and count match what the service sent;
+//! - the first row operation or reset after a checkpoint opens the
+//!   transaction (`BEGIN IMMEDIATE`); only [`Replica::apply_checkpoint`]
+//!   commits it, and only when every listed bucket's checksum and count match
+//!   what the service sent (a `Schema` between checkpoints commits on its own:
+//!   it only creates tables and adds columns);
 //! - a mismatch rolls everything back, then drops the mismatched buckets
 //!   (rows, checksum, cursor) in a transaction of their own, so the service
 //!   sends them again from zero on the next connection;
@@ -60,6 +62,16 @@ impl ToSql for Sql<'_> {
     }
 }
 
+/// Whether two wire values are the same value (reals compared bit for bit,
+/// so that NaN equals itself as it does in row hashes).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (&a.kind, &b.kind) {
+        (None | Some(Kind::Null(_)), None | Some(Kind::Null(_))) => true,
+        (Some(Kind::Real(x)), Some(Kind::Real(y))) => x.to_bits() == y.to_bits(),
+        (x, y) => x == y,
+    }
+}
+
 const INSERT_ROW: &str = "INSERT INTO _outpost_rows (bucket, tbl, key, hash) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
 const SELECT_ROW: &str =
     "SELECT hash FROM _outpost_rows WHERE bucket = ?1 AND tbl = ?2 AND key = ?3";
@@ -105,13 +117,17 @@ impl Replica {
         self.pending.get_or_insert_with(Pending::default)
     }
 
-    /// Creates or migrates the typed tables of a `Schema` message.
+    /// Creates or migrates the typed tables of a `Schema` message. Between
+    /// checkpoints the change commits at once (empty tables and new NULL
+    /// columns are states readers may see, and no write lock is held while the
+    /// service prepares data); inside a pending transaction it joins it.
     pub(crate) fn apply_schema(&mut self, schema: &Schema) -> Result<(), ClientError> {
         let defs = schema
             .tables
             .iter()
             .map(TableDef::from_proto)
             .collect::<Result<Vec<_>, _>>()?;
+        let own_transaction = self.pending.is_none();
         self.begin()?;
         for def in defs {
             def.ensure(&self.conn)?;
@@ -123,6 +139,9 @@ impl Replica {
         )?;
         // Statements prepared before an ALTER TABLE name fewer columns.
         self.conn.flush_prepared_statement_cache();
+        if own_transaction {
+            self.commit()?;
+        }
         Ok(())
     }
 
@@ -169,6 +188,17 @@ impl Replica {
                                 op.table,
                                 op.values.len(),
                                 table.columns.len()
+                            )));
+                        }
+                        let key_matches = table
+                            .primary_key
+                            .iter()
+                            .zip(&op.key)
+                            .all(|(&i, k)| same_value(&op.values[i], k));
+                        if !key_matches {
+                            return Err(ClientError::Protocol(format!(
+                                "a row of table {:?} has key {key} but different primary key values",
+                                op.table
                             )));
                         }
                         let upsert = match upserts.entry(table.name.as_str()) {

@@ -155,7 +155,8 @@ impl Replica {
             tracing::warn!(path = %path.display(), %mode, "the replica could not switch to WAL mode");
         }
         conn.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;
+             PRAGMA journal_size_limit = 67108864;",
         )?;
         conn.set_prepared_statement_cache_capacity(256);
         conn.execute_batch("BEGIN IMMEDIATE")?;

@@ -1,3 +1,6 @@
+//! The replica against real SQLite files: reference counting, checksums,
+//! resets, migrations and what other connections can see.
+
 use super::*;
 use crate::replica::CheckpointOutcome;
 use outpost_proto::v1::{
@@ -292,12 +295,12 @@ fn schema_change_adds_a_column() {
 #[test]
 fn readers_see_nothing_until_the_checkpoint_commits() {
     let (dir, mut r) = open();
-    r.apply_schema(&schema("v1", false)).expect("schema");
-    applied(
-        r.apply_checkpoint(&checkpoint(1, vec![]))
-            .expect("checkpoint"),
-    );
     let reader = Connection::open(dir.path().join("replica.db")).expect("reader");
+    // A schema between checkpoints commits at once and holds no write lock.
+    r.apply_schema(&schema("v1", false)).expect("schema");
+    reader
+        .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        .expect("the write lock is free");
     let count = |c: &Connection| -> i64 {
         c.query_row("SELECT count(*) FROM todos", [], |row| row.get(0))
             .expect("count")
@@ -353,7 +356,9 @@ fn invalid_rows_are_protocol_errors() {
     bad_key.key.push(int(2));
     let mut bad_kind = put(1, "x");
     bad_kind.kind = 7;
-    for op in [unknown, bad_key, bad_kind] {
+    let mut key_differs = put(1, "x");
+    key_differs.key = vec![int(2)];
+    for op in [unknown, bad_key, bad_kind, key_differs] {
         let err = r.apply_data(&batch("a", vec![op])).expect_err("invalid");
         assert!(matches!(err, ClientError::Protocol(_)), "{err}");
         r.rollback().expect("rollback");
@@ -395,5 +400,45 @@ fn read_only_open_requires_a_replica() {
             name: "todos".into(),
             rows: 0
         }]
+    );
+}
+
+/// A large initial download in one checkpoint. Run with
+/// `cargo test -p outpost-client --release -- --ignored large_initial_sync --nocapture`.
+#[test]
+#[ignore = "slow: a million rows"]
+fn large_initial_sync() {
+    let rows: i64 = std::env::var("OUTPOST_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let (_dir, mut r) = open();
+    r.apply_schema(&schema("v1", false)).expect("schema");
+    let start = std::time::Instant::now();
+    let mut checksum = 0u64;
+    let title = "a title of typical length for a todo item";
+    for chunk in (0..rows).collect::<Vec<_>>().chunks(1000) {
+        let ops: Vec<RowOp> = chunk.iter().map(|&id| put(id, title)).collect();
+        for op in &ops {
+            checksum = bucket_checksum_add(checksum, row_hash("todos", &op.key, &op.values));
+        }
+        r.apply_data(&batch("all", ops)).expect("data");
+    }
+    let applied_at = start.elapsed();
+    let cp = checkpoint(
+        1,
+        vec![BucketChecksum {
+            bucket: "all".into(),
+            checksum,
+            count: rows as u64,
+        }],
+    );
+    assert_eq!(
+        applied(r.apply_checkpoint(&cp).expect("checkpoint")),
+        rows as u64
+    );
+    println!(
+        "{rows} rows: applied in {applied_at:?}, committed in {:?}",
+        start.elapsed()
     );
 }

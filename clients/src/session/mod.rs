@@ -153,7 +153,8 @@ pub struct SyncSummary {
 /// Syncs the replica; returns after the first checkpoint when `once` is set,
 /// otherwise runs until a definite error.
 pub async fn sync(opts: SyncOptions) -> Result<SyncSummary, ClientError> {
-    let (events, _ignored) = tokio::sync::mpsc::unbounded_channel();
+    // The receiver is dropped at once, so events are discarded, not queued.
+    let (events, _) = tokio::sync::mpsc::unbounded_channel();
     sync_with_events(opts, events).await
 }
 
@@ -252,11 +253,16 @@ fn auth_header(token: &str) -> Result<AsciiMetadataValue, ClientError> {
 /// The state of one call to [`sync_with_events`].
 struct Run<'a> {
     opts: &'a SyncOptions,
+    /// Validated once; each session connects a fresh channel from it.
     endpoint: Endpoint,
+    /// `Bearer <token>`, validated once.
     auth: AsciiMetadataValue,
+    /// The thread that owns the replica.
     writer: &'a Writer,
     events: &'a UnboundedSender<SyncEvent>,
+    /// Accumulated over every session of this run.
     summary: SyncSummary,
+    /// Reset by each applied checkpoint, so only consecutive failures back off.
     backoff: Backoff,
 }
 

@@ -19,6 +19,11 @@ use tokio::sync::{mpsc, watch};
 /// A store commit is forced at the next transaction boundary past these.
 const GROUP_COMMIT_MAX_AGE: Duration = Duration::from_millis(100);
 const GROUP_COMMIT_MAX_OPS: u64 = 100_000;
+/// Tombstones (remove ops) are kept for this many op ids; a client whose
+/// cursor is older gets the bucket again from zero.
+const TOMBSTONE_RETENTION_OPS: u64 = 1_000_000;
+/// Compaction runs each time the op id advances this far.
+const COMPACTION_EVERY_OPS: u64 = 100_000;
 
 /// What the replication task tells the writer.
 #[derive(Debug)]
@@ -107,7 +112,16 @@ fn run(
 ) -> Result<(), IngestError> {
     let mut opened_at: Option<Instant> = None;
     let mut ops_in_txn: u64 = 0;
+    let mut compacted_at = store.state().last_op_id;
     let mut commit = |store: &mut StoreWriter, opened_at: &mut Option<Instant>, ops: &mut u64| -> Result<(), IngestError> {
+        let last = store.state().last_op_id;
+        if store.in_transaction() && last >= compacted_at + COMPACTION_EVERY_OPS {
+            compacted_at = last;
+            if let Some(horizon) = last.checked_sub(TOMBSTONE_RETENTION_OPS) {
+                let dropped = store.compact_tombstones(horizon)?;
+                tracing::debug!(horizon, dropped, "tombstones compacted");
+            }
+        }
         store.commit()?;
         *opened_at = None;
         *ops = 0;

@@ -10,9 +10,10 @@
 //!                                                              send_status(write, flush, apply)
 //! ```
 //!
-//! - [`conn`]: startup (`replication=database`), authentication (trust,
-//!   cleartext, md5, SCRAM-SHA-256), simple queries and replication commands.
-//! - [`stream`]: the CopyBoth stream: XLogData and keepalives in, standby
+//! - `conn`: startup (`replication=database`) and simple queries;
+//!   `auth`: trust, cleartext, md5, SCRAM-SHA-256; `commands`: slots,
+//!   publications, `IDENTIFY_SYSTEM`, `START_REPLICATION`.
+//! - `stream`: the CopyBoth stream: XLogData and keepalives in, standby
 //!   status updates out.
 //! - [`pgoutput`]: the decoder of pgoutput messages (protocol version 1).
 //!
@@ -27,9 +28,17 @@
 //! - Errors say whether retrying can help ([`ReplicationError::is_transient`]):
 //!   lost connections and server shutdowns are transient; bad credentials,
 //!   malformed data, missing publications and rejected commands are not.
+//! - Acknowledged is not the same as never sent again: Postgres may replay
+//!   transactions at or below the acknowledged flush position after it
+//!   restarts (Postgres 15 writes `confirmed_flush_lsn` to disk only with
+//!   other slot changes), so consumers skip commits they already stored.
+//! - Postgres streams once per connection: after [`ReplicationStream::stop`]
+//!   the connection runs commands, and a new connection streams again.
 //! - No TLS: connections are plain TCP or Unix sockets. `sslmode=require` is
 //!   refused with a clear error rather than silently sent in clear text.
 
+mod auth;
+mod commands;
 mod conn;
 pub mod pgoutput;
 mod stream;

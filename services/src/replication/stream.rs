@@ -140,7 +140,8 @@ impl ReplicationStream {
     }
 
     /// Ends streaming (CopyDone), discards what the server still sends, and
-    /// gives the connection back for further commands.
+    /// gives the connection back for further commands. Postgres streams
+    /// only once per connection: to stream again, connect again.
     pub async fn stop(mut self) -> Result<ReplicationConn, ReplicationError> {
         frontend::copy_done(self.conn.wire.wbuf());
         self.conn.wire.flush().await?;

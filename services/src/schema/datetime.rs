@@ -194,7 +194,9 @@ fn parse_date_part(s: &str) -> Result<(i64, u32, u32), String> {
     let month = parse_number(m).ok_or_else(bad)?;
     let day = parse_number(d).ok_or_else(bad)?;
     if year == 0 {
-        return Err(format!("date `{s}` has year 0, which does not exist (1 BC precedes 1 AD)"));
+        return Err(format!(
+            "date `{s}` has year 0, which does not exist (1 BC precedes 1 AD)"
+        ));
     }
     Ok((year, month as u32, day as u32))
 }
@@ -360,7 +362,11 @@ pub(crate) fn timestamp_as_instant(micros: i64) -> i128 {
 
 fn write_date(out: &mut String, days: i64) -> bool {
     let (year, month, day) = civil_from_days(days);
-    let (shown, bc) = if year <= 0 { (1 - year, true) } else { (year, false) };
+    let (shown, bc) = if year <= 0 {
+        (1 - year, true)
+    } else {
+        (year, false)
+    };
     let _ = write!(out, "{shown:04}-{month:02}-{day:02}");
     bc
 }

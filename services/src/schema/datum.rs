@@ -364,9 +364,7 @@ pub(crate) fn compare(a: &Datum, b: &Datum) -> Result<Ordering, EvalError> {
             datetime::timestamp_as_instant(*x).cmp(&datetime::date_as_instant(*y))
         }
         _ => {
-            return Err(EvalError(format!(
-                "cannot compare {a:?} with {b:?}"
-            )));
+            return Err(EvalError(format!("cannot compare {a:?} with {b:?}")));
         }
     })
 }

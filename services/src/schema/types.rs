@@ -90,7 +90,9 @@ pub(crate) enum SqlType {
     Bool,
     Int(IntWidth),
     /// `real` (`true`) or `double precision`.
-    Float { single: bool },
+    Float {
+        single: bool,
+    },
     Numeric,
     Text(TextKind),
     Uuid,
@@ -184,7 +186,10 @@ impl SqlType {
     /// Whether a column of this type can be matched against a token claim:
     /// equality must coincide with equality of the canonical text form.
     pub(crate) fn can_be_parameter(&self) -> bool {
-        !matches!(self, SqlType::Float { .. } | SqlType::Other(_) | SqlType::Unknown)
+        !matches!(
+            self,
+            SqlType::Float { .. } | SqlType::Other(_) | SqlType::Unknown
+        )
     }
 
     pub(crate) fn is_text(&self) -> bool {

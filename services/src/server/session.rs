@@ -70,10 +70,18 @@ impl Session {
         let schema_msg = Message::Schema(schema_message(&ctx, &start.tables));
         tx.send(msg(schema_msg)).await.map_err(|_| Gone)?;
 
+        let mut progress = ctx.progress.clone();
+        // A store still loading its first snapshot has nothing to offer yet.
+        let store_epoch = tokio::select! {
+            ready = progress.wait_for(|p| !p.epoch.is_empty()) => match ready {
+                Ok(p) => p.epoch.clone(),
+                Err(_) => return Err(Gone),
+            },
+            _ = tx.closed() => return Err(Gone),
+        };
         let mine: HashSet<String> = start.buckets.iter().cloned().collect();
         let mut cursors: HashMap<String, u64> = HashMap::new();
         let mut resets: Vec<BucketReset> = Vec::new();
-        let store_epoch = ctx.progress.borrow().epoch.clone();
         let same_epoch = !start.request.epoch.is_empty() && start.request.epoch == store_epoch;
         for c in &start.request.cursors {
             let removed = !mine.contains(&c.bucket);
@@ -90,13 +98,22 @@ impl Session {
         for b in &start.buckets {
             cursors.entry(b.clone()).or_insert(0);
         }
-        let mut progress = ctx.progress.clone();
         let mut first = true;
         let mut last_sent_op = 0u64;
+        let mut last_sent_lsn = 0u64;
         let mut keepalive = tokio::time::interval(ctx.keepalive);
         keepalive.reset();
         loop {
-            let target = progress.borrow_and_update().op_id;
+            let (target, epoch, durable) = {
+                let p = progress.borrow_and_update();
+                (p.op_id, p.epoch.clone(), p.durable_lsn.0)
+            };
+            if epoch != store_epoch {
+                // The store was rebuilt under this stream: the client must
+                // reconnect and have its buckets reset.
+                let _ = tx.send(Err(Status::unavailable("the service rebuilt its store; reconnect"))).await;
+                return Err(Gone);
+            }
             if first || target > last_sent_op {
                 let ctx2 = ctx.clone();
                 let tx2 = tx.clone();
@@ -104,15 +121,23 @@ impl Session {
                 let pending_resets = std::mem::take(&mut resets);
                 let cursors_in = cursors.clone();
                 let full = first;
+                let last_lsn = last_sent_lsn;
                 let result = tokio::task::spawn_blocking(move || {
-                    ctx2.readers.read(|txn| Ok(catch_up(txn, &ctx2, &buckets, cursors_in, pending_resets, full, &tx2)))
+                    ctx2.readers.read(|txn| Ok(catch_up(txn, &ctx2, &buckets, cursors_in, pending_resets, full, last_lsn, &tx2)))
                 })
                 .await
                 .map_err(|_| Gone)??;
-                let (op_id, new_cursors) = result?;
+                let (op_id, lsn, new_cursors) = result?;
                 cursors = new_cursors;
                 last_sent_op = op_id.max(target);
+                last_sent_lsn = lsn;
                 first = false;
+            } else if durable > last_sent_lsn {
+                // No new ops anywhere, but the store caught up further in the
+                // WAL: tell the client its state is current up to there.
+                let checkpoint = Checkpoint { op_id: last_sent_op, lsn: durable, epoch: epoch.clone(), buckets: Vec::new() };
+                tx.send(msg(Message::Checkpoint(checkpoint))).await.map_err(|_| Gone)?;
+                last_sent_lsn = durable;
             }
             tokio::select! {
                 changed = progress.changed() => {
@@ -139,8 +164,9 @@ fn catch_up(
     mut cursors: HashMap<String, u64>,
     resets: Vec<BucketReset>,
     full: bool,
+    last_lsn: u64,
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
-) -> Result<(u64, HashMap<String, u64>), Gone> {
+) -> Result<(u64, u64, HashMap<String, u64>), Gone> {
     let send = |m: Message| tx.blocking_send(msg(m)).map_err(|_| Gone);
     let checkpoint = txn.checkpoint()?;
     for r in resets {
@@ -189,7 +215,7 @@ fn catch_up(
         }
         cursors.insert(bucket.clone(), checkpoint.op_id);
     }
-    if full || !listed.is_empty() {
+    if full || !listed.is_empty() || checkpoint.lsn.0 > last_lsn {
         send(Message::Checkpoint(Checkpoint {
             op_id: checkpoint.op_id,
             lsn: checkpoint.lsn.0,
@@ -197,7 +223,7 @@ fn catch_up(
             buckets: listed,
         }))?;
     }
-    Ok((checkpoint.op_id, cursors))
+    Ok((checkpoint.op_id, checkpoint.lsn.0, cursors))
 }
 
 /// The schema message for the tables a session reads.

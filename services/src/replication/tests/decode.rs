@@ -6,6 +6,10 @@ use proptest::prelude::*;
 use super::super::stream::parse_copy_data;
 use super::super::*;
 
+/// A column for [`Frame::tuple`]: `None` = null, `Some(None)` = unchanged
+/// TOAST, `Some(Some((kind, bytes)))` = a text or binary value.
+type Column<'a> = Option<Option<(u8, &'a [u8])>>;
+
 /// Builds a message the way pgoutput writes it.
 #[derive(Default)]
 struct Frame(Vec<u8>);
@@ -43,9 +47,8 @@ impl Frame {
         self.0.extend_from_slice(b);
         self
     }
-    /// TupleData: `None` = null, `Some(None)` = unchanged TOAST,
-    /// `Some(Some((kind, bytes)))` = a text or binary value.
-    fn tuple(mut self, values: &[Option<Option<(u8, &[u8])>>]) -> Self {
+    /// TupleData.
+    fn tuple(mut self, values: &[Column<'_>]) -> Self {
         self = self.i16(values.len() as i16);
         for v in values {
             self = match v {
@@ -403,7 +406,7 @@ fn malformed_messages_are_errors_with_offsets() {
     );
     assert_eq!(
         err_kind(Frame::new(b'C').u8(0).u64(1).u64(2).u64(3).u8(9).bytes()),
-        (25, DecodeErrorKind::TrailingBytes(1))
+        (26, DecodeErrorKind::TrailingBytes(1))
     );
     // A huge declared count with no data is an error, not an allocation.
     assert!(matches!(

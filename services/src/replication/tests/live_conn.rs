@@ -65,9 +65,12 @@ async fn trust_connection_identifies_the_system_with_fixed_session_settings() {
 #[tokio::test]
 async fn unix_socket_and_connection_errors() {
     let pg = cluster();
-    let mut cfg = config(&pg);
     let socket_dir = pg.data_dir().parent().unwrap().to_path_buf();
-    cfg.host_path(&socket_dir);
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host_path(&socket_dir)
+        .port(pg.port())
+        .user("postgres")
+        .dbname("db");
     let mut conn = ReplicationConn::connect(&cfg).await.unwrap();
     conn.identify_system().await.unwrap();
 
@@ -80,8 +83,9 @@ async fn unix_socket_and_connection_errors() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = free.local_addr().unwrap().port();
     drop(free);
-    let mut closed = config(&pg);
-    closed.port(port);
+    let closed: tokio_postgres::Config = format!("postgres://postgres@127.0.0.1:{port}/db")
+        .parse()
+        .unwrap();
     let err = ReplicationConn::connect(&closed).await.unwrap_err();
     assert!(matches!(err, ReplicationError::Connect { .. }), "{err:?}");
     assert!(err.is_transient());

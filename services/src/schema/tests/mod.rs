@@ -1,0 +1,1 @@
+//! Tests of schema files, compilation, routing and predicate semantics.
