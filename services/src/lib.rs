@@ -18,11 +18,10 @@ pub mod pgcluster;
 pub mod pgtypes;
 pub mod replication;
 pub mod schema;
-// pending: the read path modules below are enabled once `schema` lands.
-// pub mod config;
-// pub mod ingest;
-// pub mod replicator;
-// pub mod server;
-// pub mod service;
-// pub mod snapshot;
+pub mod config;
+pub mod ingest;
+pub mod replicator;
+pub mod server;
+pub mod service;
+pub mod snapshot;
 pub mod store;
