@@ -41,7 +41,10 @@ pub enum ConfigError {
     #[error("{name}: {message}")]
     Env { name: String, message: String },
     #[error("missing setting `{setting}`: set it in the config file or with {env}")]
-    Missing { setting: &'static str, env: &'static str },
+    Missing {
+        setting: &'static str,
+        env: &'static str,
+    },
 }
 
 /// The settings as written in a file (all optional there).
@@ -100,12 +103,21 @@ where
             .trim()
             .parse()
             .map(Some)
-            .map_err(|e: T::Err| ConfigError::Env { name: name.to_string(), message: format!("{v:?}: {e}") }),
+            .map_err(|e: T::Err| ConfigError::Env {
+                name: name.to_string(),
+                message: format!("{v:?}: {e}"),
+            }),
     }
 }
 
 fn env_list(env: Env<'_>, name: &str) -> Option<Vec<PathBuf>> {
-    env(name).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+    env(name).map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    })
 }
 
 impl ServiceConfig {
@@ -119,18 +131,28 @@ impl ServiceConfig {
         let (fc, base) = match file {
             None => (FileConfig::default(), PathBuf::from(".")),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-                let fc: FileConfig = toml::from_str(&text)
-                    .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let fc: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
                 (fc, path.parent().map(Path::to_path_buf).unwrap_or_default())
             }
         };
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let database_url = env("OUTPOST_DATABASE_URL")
-            .or(fc.database_url)
-            .ok_or(ConfigError::Missing { setting: "database_url", env: "OUTPOST_DATABASE_URL" })?;
-        let listen_text = env("OUTPOST_LISTEN").or(fc.listen).unwrap_or_else(|| "127.0.0.1:7400".into());
+        let database_url =
+            env("OUTPOST_DATABASE_URL")
+                .or(fc.database_url)
+                .ok_or(ConfigError::Missing {
+                    setting: "database_url",
+                    env: "OUTPOST_DATABASE_URL",
+                })?;
+        let listen_text = env("OUTPOST_LISTEN")
+            .or(fc.listen)
+            .unwrap_or_else(|| "127.0.0.1:7400".into());
         let listen = listen_text.parse().map_err(|e| ConfigError::Env {
             name: "listen".into(),
             message: format!("{listen_text:?} is not an address like 0.0.0.0:7400: {e}"),
@@ -146,17 +168,33 @@ impl ServiceConfig {
             insecure_allow_unsigned: env_parse(env, "OUTPOST_AUTH_INSECURE_ALLOW_UNSIGNED")?
                 .or(fc.auth.insecure_allow_unsigned)
                 .unwrap_or(false),
-            leeway_secs: env_parse(env, "OUTPOST_AUTH_LEEWAY_SECS")?.or(fc.auth.leeway_secs).unwrap_or(30),
+            leeway_secs: env_parse(env, "OUTPOST_AUTH_LEEWAY_SECS")?
+                .or(fc.auth.leeway_secs)
+                .unwrap_or(30),
         };
         Ok(ServiceConfig {
             database_url,
-            schema_dir: env("OUTPOST_SCHEMA_DIR").map(PathBuf::from).or(fc.schema_dir.map(rel)).unwrap_or_else(|| "schema".into()),
-            data_dir: env("OUTPOST_DATA_DIR").map(PathBuf::from).or(fc.data_dir.map(rel)).unwrap_or_else(|| ".outpost".into()),
+            schema_dir: env("OUTPOST_SCHEMA_DIR")
+                .map(PathBuf::from)
+                .or(fc.schema_dir.map(rel))
+                .unwrap_or_else(|| "schema".into()),
+            data_dir: env("OUTPOST_DATA_DIR")
+                .map(PathBuf::from)
+                .or(fc.data_dir.map(rel))
+                .unwrap_or_else(|| ".outpost".into()),
             listen,
-            slot: env("OUTPOST_SLOT").or(fc.slot).unwrap_or_else(|| "outpost".into()),
-            publication: env("OUTPOST_PUBLICATION").or(fc.publication).unwrap_or_else(|| "outpost".into()),
-            create_publication: env_parse(env, "OUTPOST_CREATE_PUBLICATION")?.or(fc.create_publication).unwrap_or(true),
-            keepalive_secs: env_parse(env, "OUTPOST_KEEPALIVE_SECS")?.or(fc.keepalive_secs).unwrap_or(15),
+            slot: env("OUTPOST_SLOT")
+                .or(fc.slot)
+                .unwrap_or_else(|| "outpost".into()),
+            publication: env("OUTPOST_PUBLICATION")
+                .or(fc.publication)
+                .unwrap_or_else(|| "outpost".into()),
+            create_publication: env_parse(env, "OUTPOST_CREATE_PUBLICATION")?
+                .or(fc.create_publication)
+                .unwrap_or(true),
+            keepalive_secs: env_parse(env, "OUTPOST_KEEPALIVE_SECS")?
+                .or(fc.keepalive_secs)
+                .unwrap_or(15),
             auth,
         })
     }
@@ -172,11 +210,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outpost.toml");
         std::fs::write(&path, "database_url = \"postgres://file\"\nlisten = \"127.0.0.1:1\"\n[auth]\nhs256_secret = \"s\"\n").unwrap();
-        let vars: HashMap<&str, &str> = [("OUTPOST_LISTEN", "127.0.0.1:2"), ("OUTPOST_AUTH_RS256_PUBLIC_KEYS", "a.pem, b.pem")].into();
-        let cfg = ServiceConfig::load_with(Some(&path), &|n| vars.get(n).map(|s| s.to_string())).unwrap();
+        let vars: HashMap<&str, &str> = [
+            ("OUTPOST_LISTEN", "127.0.0.1:2"),
+            ("OUTPOST_AUTH_RS256_PUBLIC_KEYS", "a.pem, b.pem"),
+        ]
+        .into();
+        let cfg =
+            ServiceConfig::load_with(Some(&path), &|n| vars.get(n).map(|s| s.to_string())).unwrap();
         assert_eq!(cfg.database_url, "postgres://file");
         assert_eq!(cfg.listen.port(), 2);
-        assert_eq!(cfg.auth.rs256_public_keys, vec![PathBuf::from("a.pem"), PathBuf::from("b.pem")]);
+        assert_eq!(
+            cfg.auth.rs256_public_keys,
+            vec![PathBuf::from("a.pem"), PathBuf::from("b.pem")]
+        );
         assert_eq!(cfg.schema_dir, PathBuf::from("schema"));
     }
 
@@ -185,9 +231,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outpost.toml");
         std::fs::write(&path, "databse_url = \"x\"\n").unwrap();
-        let err = ServiceConfig::load_with(Some(&path), &|_| None).unwrap_err().to_string();
+        let err = ServiceConfig::load_with(Some(&path), &|_| None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("databse_url"), "{err}");
-        let err = ServiceConfig::load_with(None, &|_| None).unwrap_err().to_string();
+        let err = ServiceConfig::load_with(None, &|_| None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("OUTPOST_DATABASE_URL"), "{err}");
     }
 }

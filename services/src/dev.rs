@@ -34,7 +34,12 @@ const DATABASE: &str = "outpost_demo";
 
 fn sql_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {} (run from the repository root, or pass --schema-dir)", dir.display()))?
+        .with_context(|| {
+            format!(
+                "reading {} (run from the repository root, or pass --schema-dir)",
+                dir.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "sql"))
         .collect();
@@ -43,8 +48,14 @@ fn sql_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn token(secret: &str, sub: &str) -> anyhow::Result<String> {
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 7 * 24 * 3600;
-    Ok(outpost::auth::sign_hs256(secret, &serde_json::json!({ "sub": sub, "exp": exp }))?)
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 7 * 24 * 3600;
+    Ok(outpost::auth::sign_hs256(
+        secret,
+        &serde_json::json!({ "sub": sub, "exp": exp }),
+    )?)
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -54,11 +65,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     pg.create_database(DATABASE)?;
     let files = sql_files(&args.schema_dir)?;
     if files.is_empty() {
-        bail!("no *.sql files in {}: nothing to load", args.schema_dir.display());
+        bail!(
+            "no *.sql files in {}: nothing to load",
+            args.schema_dir.display()
+        );
     }
     for file in &files {
-        let sql = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        pg.psql(DATABASE, &sql).with_context(|| format!("loading {}", file.display()))?;
+        let sql =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        pg.psql(DATABASE, &sql)
+            .with_context(|| format!("loading {}", file.display()))?;
         eprintln!("outpost dev: loaded {}", file.display());
     }
     let data_dir = tempfile::Builder::new().prefix("outpost-dev-").tempdir()?;
@@ -67,12 +83,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         database_url: pg.url(DATABASE),
         schema_dir: args.schema_dir.clone(),
         data_dir: data_dir.path().to_path_buf(),
-        listen: args.listen.parse().context("--listen must be an address like 127.0.0.1:7400")?,
+        listen: args
+            .listen
+            .parse()
+            .context("--listen must be an address like 127.0.0.1:7400")?,
         slot: "outpost".into(),
         publication: "outpost".into(),
         create_publication: true,
         keepalive_secs: 15,
-        auth: AuthConfig { hs256_secret: Some(secret.clone()), leeway_secs: 30, ..AuthConfig::default() },
+        auth: AuthConfig {
+            hs256_secret: Some(secret.clone()),
+            leeway_secs: 30,
+            ..AuthConfig::default()
+        },
     };
     let service = outpost::service::start(cfg).await?;
     let server = format!("http://{}", service.addr);
@@ -84,7 +107,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         |p| p.display().to_string(),
     );
     println!();
-    println!("Outpost is running: gRPC on {server}, Postgres at {}", pg.url(DATABASE));
+    println!(
+        "Outpost is running: gRPC on {server}, Postgres at {}",
+        pg.url(DATABASE)
+    );
     println!();
     println!("Demo tokens (HS256, valid 7 days):");
     println!("  alice: {alice}");
@@ -113,7 +139,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            None => eprintln!("outpost dev: outpost-client not found next to this binary; build it with `cargo build --workspace` for the scripted demo"),
+            None => eprintln!(
+                "outpost dev: outpost-client not found next to this binary; build it with `cargo build --workspace` for the scripted demo"
+            ),
         }
     }
     if args.exit_after_demo {
@@ -145,12 +173,23 @@ fn run_client(client: &Path, args: &[&str]) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("running {}", client.display()))?;
     if !out.status.success() {
-        bail!("outpost-client {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "outpost-client {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn demo(client: &Path, server: &str, alice: &str, bob: &str, pg: &PgCluster, dir: &Path) -> anyhow::Result<()> {
+async fn demo(
+    client: &Path,
+    server: &str,
+    alice: &str,
+    bob: &str,
+    pg: &PgCluster,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let client = client.to_path_buf();
     let server = server.to_string();
     let (alice, bob) = (alice.to_string(), bob.to_string());
@@ -161,9 +200,22 @@ async fn demo(client: &Path, server: &str, alice: &str, bob: &str, pg: &PgCluste
     for (name, token, db) in [("alice", &alice, &alice_db), ("bob", &bob, &bob_db)] {
         let c = client.clone();
         let (s, t, d) = (server.clone(), token.clone(), db.clone());
-        tokio::task::spawn_blocking(move || run_client(&c, &["sync", "--server", &s, "--token", &t, "--db", &d, "--once"]))
-            .await??;
-        let rows = run_client(&client, &["query", "--db", db, "SELECT id, title, done FROM todos ORDER BY id"])?;
+        tokio::task::spawn_blocking(move || {
+            run_client(
+                &c,
+                &["sync", "--server", &s, "--token", &t, "--db", &d, "--once"],
+            )
+        })
+        .await??;
+        let rows = run_client(
+            &client,
+            &[
+                "query",
+                "--db",
+                db,
+                "SELECT id, title, done FROM todos ORDER BY id",
+            ],
+        )?;
         println!("{name}'s todos:\n{}", indent(&rows));
     }
     step("demo 2: a change in Postgres reaches alice's replica");
@@ -174,9 +226,22 @@ async fn demo(client: &Path, server: &str, alice: &str, bob: &str, pg: &PgCluste
     for _ in 0..50 {
         let c = client.clone();
         let (s, t, d) = (server.clone(), alice.clone(), alice_db.clone());
-        tokio::task::spawn_blocking(move || run_client(&c, &["sync", "--server", &s, "--token", &t, "--db", &d, "--once"]))
-            .await??;
-        rows = run_client(&client, &["query", "--db", &alice_db, "SELECT id, title FROM todos ORDER BY id"])?;
+        tokio::task::spawn_blocking(move || {
+            run_client(
+                &c,
+                &["sync", "--server", &s, "--token", &t, "--db", &d, "--once"],
+            )
+        })
+        .await??;
+        rows = run_client(
+            &client,
+            &[
+                "query",
+                "--db",
+                &alice_db,
+                "SELECT id, title FROM todos ORDER BY id",
+            ],
+        )?;
         let status = run_client(&client, &["status", "--db", &alice_db])?;
         if rows.contains("Written in Postgres just now") || status.contains(&target.to_string()) {
             break;

@@ -13,14 +13,14 @@
 //! `auth` turns a bearer token into the claims that shapes are keyed by.
 
 pub mod auth;
+pub mod config;
+pub mod ingest;
 pub mod lsn;
 pub mod pgcluster;
 pub mod pgtypes;
 pub mod replication;
-pub mod schema;
-pub mod config;
-pub mod ingest;
 pub mod replicator;
+pub mod schema;
 pub mod server;
 pub mod service;
 pub mod snapshot;

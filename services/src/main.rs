@@ -16,7 +16,11 @@ use tracing_subscriber::EnvFilter;
 mod dev;
 
 #[derive(Parser)]
-#[command(name = "outpost", version, about = "Sync slices of Postgres to SQLite replicas on users' devices")]
+#[command(
+    name = "outpost",
+    version,
+    about = "Sync slices of Postgres to SQLite replicas on users' devices"
+)]
 struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "OUTPOST_LOG_JSON")]
@@ -42,9 +46,11 @@ enum Command {
     Dev(dev::DevArgs),
 }
 
-fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+fn init_logging(json: bool, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -55,7 +61,13 @@ fn init_logging(json: bool) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    // The demo prints its own story; its logs only say what went wrong.
+    let default_level = if matches!(cli.command, Command::Dev(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_logging(cli.log_json, default_level);
     match cli.command {
         Command::Serve { config } => {
             let cfg = ServiceConfig::load(config.as_deref())?;

@@ -57,9 +57,8 @@ impl ReplicatorError {
     pub fn is_transient(&self) -> bool {
         match self {
             ReplicatorError::Replication(e) => e.is_transient(),
-            ReplicatorError::Snapshot(SnapshotError::Postgres(e)) | ReplicatorError::Postgres(e) => {
-                e.is_closed() || e.as_db_error().is_none()
-            }
+            ReplicatorError::Snapshot(SnapshotError::Postgres(e))
+            | ReplicatorError::Postgres(e) => e.is_closed() || e.as_db_error().is_none(),
             ReplicatorError::StreamEnded => true,
             _ => false,
         }
@@ -81,7 +80,10 @@ pub async fn run(
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "replication interrupted; reconnecting");
-                writer.send(WriterMsg::Reconnected).await.map_err(|_| ReplicatorError::WriterGone)?;
+                writer
+                    .send(WriterMsg::Reconnected)
+                    .await
+                    .map_err(|_| ReplicatorError::WriterGone)?;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return Ok(()),
@@ -101,8 +103,13 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ReplicatorError> {
     let mut conn = ReplicationConn::connect(&cfg.pg).await?;
-    let tables: Vec<(String, String)> = schema.tables.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
-    conn.ensure_publication(&cfg.publication, &tables, cfg.create_publication).await?;
+    let tables: Vec<(String, String)> = schema
+        .tables
+        .iter()
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .collect();
+    conn.ensure_publication(&cfg.publication, &tables, cfg.create_publication)
+        .await?;
     let slot = conn.slot_info(&cfg.slot).await?;
     let current = progress.borrow().clone();
     let fresh = current.epoch.is_empty()
@@ -119,7 +126,9 @@ async fn session(
         current.durable_lsn
     };
     tracing::info!(slot = %cfg.slot, from = %start, "streaming");
-    let mut stream = conn.start_replication(&cfg.slot, start, &cfg.publication).await?;
+    let mut stream = conn
+        .start_replication(&cfg.slot, start, &cfg.publication)
+        .await?;
     let mut in_txn = false;
     let mut acked = Lsn::ZERO;
     // The furthest WAL position received. Reported as the *write* position
@@ -200,7 +209,11 @@ async fn initial_load(
     });
     let epoch = format!("{:016x}", rand::random::<u64>());
     writer
-        .send(WriterMsg::SnapshotBegin { schema_version: schema.version.clone(), slot: cfg.slot.clone(), epoch: epoch.clone() })
+        .send(WriterMsg::SnapshotBegin {
+            schema_version: schema.version.clone(),
+            slot: cfg.slot.clone(),
+            epoch: epoch.clone(),
+        })
         .await
         .map_err(|_| ReplicatorError::WriterGone)?;
     let started = std::time::Instant::now();
@@ -209,7 +222,9 @@ async fn initial_load(
     conn_task.abort();
     let rows = rows?;
     writer
-        .send(WriterMsg::SnapshotEnd { consistent_point: created.consistent_point })
+        .send(WriterMsg::SnapshotEnd {
+            consistent_point: created.consistent_point,
+        })
         .await
         .map_err(|_| ReplicatorError::WriterGone)?;
     loop {
@@ -219,8 +234,15 @@ async fn initial_load(
                 break;
             }
         }
-        progress.changed().await.map_err(|_| ReplicatorError::WriterGone)?;
+        progress
+            .changed()
+            .await
+            .map_err(|_| ReplicatorError::WriterGone)?;
     }
-    tracing::info!(rows, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot loaded");
+    tracing::info!(
+        rows,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "snapshot loaded"
+    );
     Ok(created.consistent_point)
 }

@@ -57,8 +57,14 @@ pub enum ServiceError {
 /// `outpost check` runs, and the first step of `outpost serve`.
 pub async fn compile_schema(cfg: &ServiceConfig) -> Result<CompiledSchema, ServiceError> {
     let source = schema::load_dir(&cfg.schema_dir)?;
-    let pg: tokio_postgres::Config = cfg.database_url.parse().map_err(ServiceError::DatabaseUrl)?;
-    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(ServiceError::Connect)?;
+    let pg: tokio_postgres::Config = cfg
+        .database_url
+        .parse()
+        .map_err(ServiceError::DatabaseUrl)?;
+    let (client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(ServiceError::Connect)?;
     let task = tokio::spawn(connection);
     let catalog = Catalog::load(&client, &source.tables())
         .await
@@ -90,8 +96,13 @@ impl RunningService {
 
     /// Runs until `stop` resolves (then shuts down cleanly) or the service
     /// stops by itself.
-    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) -> Result<(), ServiceError> {
-        let RunningService { shutdown, mut task, .. } = self;
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServiceError> {
+        let RunningService {
+            shutdown, mut task, ..
+        } = self;
         tokio::select! {
             result = &mut task => flatten(result),
             _ = stop => {
@@ -108,13 +119,24 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
     let schema = Arc::new(compile_schema(&cfg).await?);
     tracing::info!(tables = schema.tables.len(), shapes = schema.shapes.len(), version = %schema.version, "schema compiled");
     let auth = Arc::new(Authenticator::new(&cfg.auth)?);
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServiceError::DataDir { path: cfg.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServiceError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
     let db_path = store::database_path(&cfg.data_dir);
     let writer = StoreWriter::open(&db_path)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .map_err(|source| ServiceError::Listen { addr: cfg.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServiceError::Listen { addr: cfg.listen, source })?;
+        .map_err(|source| ServiceError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServiceError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
 
     let handle = spawn_writer(writer, schema.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -127,7 +149,10 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
         batch_ops: 1000,
     });
     let rcfg = ReplicatorConfig {
-        pg: cfg.database_url.parse().map_err(ServiceError::DatabaseUrl)?,
+        pg: cfg
+            .database_url
+            .parse()
+            .map_err(ServiceError::DatabaseUrl)?,
         slot: cfg.slot.clone(),
         publication: cfg.publication.clone(),
         create_publication: cfg.create_publication,
@@ -138,22 +163,38 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
         let server = tokio::spawn(server::serve(listener, ctx, async move {
             let _ = server_shutdown.wait_for(|s| *s).await;
         }));
-        let replication = replicator::run(rcfg, schema, handle.tx.clone(), handle.progress.clone(), shutdown_rx.clone()).await;
+        let replication = replicator::run(
+            rcfg,
+            schema,
+            handle.tx.clone(),
+            handle.progress.clone(),
+            shutdown_rx.clone(),
+        )
+        .await;
         if let Err(e) = &replication {
             tracing::error!(error = %e, "replication stopped");
         }
         // Replication ended (shutdown or a definite error): stop serving too.
-        let WriterAndServer { writer_result, server_result } = stop(handle, server).await;
+        let WriterAndServer {
+            writer_result,
+            server_result,
+        } = stop(handle, server).await;
         replication?;
         writer_result?;
         server_result?;
         Ok(())
     });
     tracing::info!(%addr, "listening");
-    Ok(RunningService { addr, shutdown: shutdown_tx, task })
+    Ok(RunningService {
+        addr,
+        shutdown: shutdown_tx,
+        task,
+    })
 }
 
-fn flatten(result: Result<Result<(), ServiceError>, tokio::task::JoinError>) -> Result<(), ServiceError> {
+fn flatten(
+    result: Result<Result<(), ServiceError>, tokio::task::JoinError>,
+) -> Result<(), ServiceError> {
     result.unwrap_or_else(|e| Err(ServiceError::Panicked(e.to_string())))
 }
 
@@ -178,5 +219,8 @@ async fn stop(
     let writer_result = tokio::task::spawn_blocking(move || handle.close_and_join())
         .await
         .unwrap_or(Err(crate::ingest::IngestError::WriterPanicked));
-    WriterAndServer { writer_result, server_result }
+    WriterAndServer {
+        writer_result,
+        server_result,
+    }
 }

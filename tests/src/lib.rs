@@ -34,8 +34,9 @@ pub use wait::{Advance, Synced, wait_for_replica};
 /// Installs a `tracing` subscriber that writes to the test output (once per
 /// test binary); `RUST_LOG` overrides the default filter.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,outpost=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,tokio_postgres=warn")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()
@@ -59,4 +60,33 @@ pub fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// The wire value of a text.
+pub fn text(s: &str) -> outpost_proto::v1::Value {
+    wire(outpost_proto::v1::value::Kind::Text(s.to_string()))
+}
+
+/// The wire value of an integer.
+pub fn int(i: i64) -> outpost_proto::v1::Value {
+    wire(outpost_proto::v1::value::Kind::Integer(i))
+}
+
+/// The wire value of a real.
+pub fn real(f: f64) -> outpost_proto::v1::Value {
+    wire(outpost_proto::v1::value::Kind::Real(f))
+}
+
+/// The wire value of a blob.
+pub fn blob(b: &[u8]) -> outpost_proto::v1::Value {
+    wire(outpost_proto::v1::value::Kind::Blob(b.to_vec()))
+}
+
+/// The wire value of NULL.
+pub fn null() -> outpost_proto::v1::Value {
+    wire(outpost_proto::v1::value::Kind::Null(true))
+}
+
+fn wire(kind: outpost_proto::v1::value::Kind) -> outpost_proto::v1::Value {
+    outpost_proto::v1::Value { kind: Some(kind) }
 }

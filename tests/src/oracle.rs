@@ -208,14 +208,18 @@ pub fn diff_rows(oracle: &Rows, replica: &Rows) -> String {
     };
     for (key, row) in &oracle.rows {
         match replica.rows.get(key) {
-            None => line(&mut out, format!("  missing from replica: {}", show_row(row))),
+            None => line(
+                &mut out,
+                format!("  missing from replica: {}", show_row(row)),
+            ),
             Some(other) if other != row => {
                 let mut cols = String::new();
                 for (i, name) in oracle.columns.iter().enumerate() {
                     let (a, b) = (row.get(i), other.get(i));
                     if a != b {
                         let show = |v: Option<&Value>| v.map(show_value).unwrap_or_default();
-                        let _ = write!(cols, " {name}: postgres {} ≠ replica {};", show(a), show(b));
+                        let _ =
+                            write!(cols, " {name}: postgres {} ≠ replica {};", show(a), show(b));
                     }
                 }
                 line(&mut out, format!("  differs at key {key:?}:{cols}"));
@@ -225,7 +229,10 @@ pub fn diff_rows(oracle: &Rows, replica: &Rows) -> String {
     }
     for (key, row) in &replica.rows {
         if !oracle.rows.contains_key(key) {
-            line(&mut out, format!("  not in Postgres but in replica: {}", show_row(row)));
+            line(
+                &mut out,
+                format!("  not in Postgres but in replica: {}", show_row(row)),
+            );
         }
     }
     if shown > MAX_LINES {

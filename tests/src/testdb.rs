@@ -52,12 +52,17 @@ impl TestDb {
             .context("starting a throwaway Postgres cluster")?;
         pg.create_database(DB_NAME)?;
         if !setup_sql.trim().is_empty() {
-            pg.psql(DB_NAME, setup_sql).context("running the setup SQL")?;
+            pg.psql(DB_NAME, setup_sql)
+                .context("running the setup SQL")?;
         }
-        let schema_dir = tempfile::Builder::new().prefix("outpost-schema-").tempdir()?;
+        let schema_dir = tempfile::Builder::new()
+            .prefix("outpost-schema-")
+            .tempdir()?;
         std::fs::write(schema_dir.path().join("app.toml"), schema_toml)?;
         let data_dir = tempfile::Builder::new().prefix("outpost-data-").tempdir()?;
-        let work_dir = tempfile::Builder::new().prefix("outpost-replicas-").tempdir()?;
+        let work_dir = tempfile::Builder::new()
+            .prefix("outpost-replicas-")
+            .tempdir()?;
         Ok(TestDb {
             pg,
             db: DB_NAME.to_string(),

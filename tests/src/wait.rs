@@ -54,8 +54,7 @@ pub async fn wait_for_replica(
     let mut rows_received = 0u64;
     let mut syncs = 0u64;
     let mut last_sync_error: Option<String> = None;
-    let mut last: Option<(ReplicaState, Rows)> = None;
-    loop {
+    let (state, expected): (ReplicaState, Rows) = loop {
         if let Advance::Once { server, token } = &advance {
             let left = deadline.saturating_duration_since(Instant::now());
             let opts = options(server, token, db, true);
@@ -82,13 +81,11 @@ pub async fn wait_for_replica(
                 syncs,
             });
         }
-        last = Some((state, expected));
         if Instant::now() >= deadline {
-            break;
+            break (state, expected);
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    let (state, expected) = last.ok_or_else(|| anyhow::anyhow!("no attempt was made"))?;
+    };
     let diff = diff_rows(&expected, &state.rows);
     anyhow::bail!(
         "replica {} did not catch up within {timeout:?}: its checkpoint is {:?} (LSN {}), the target LSN is {}; \

@@ -23,9 +23,13 @@ pub enum IngestError {
         #[source]
         source: ConvertError,
     },
-    #[error("table {table}: a change arrived for a row that is not in the mirror (key {key}); the store is out of step with Postgres, delete the data directory to rebuild it")]
+    #[error(
+        "table {table}: a change arrived for a row that is not in the mirror (key {key}); the store is out of step with Postgres, delete the data directory to rebuild it"
+    )]
     MissingRow { table: String, key: String },
-    #[error("table {table}: column {column} arrived in binary form; only text pgoutput is supported")]
+    #[error(
+        "table {table}: column {column} arrived in binary form; only text pgoutput is supported"
+    )]
     Binary { table: String, column: String },
     #[error("table {table}: column {column} is not valid UTF-8")]
     Utf8 { table: String, column: String },
@@ -72,7 +76,13 @@ struct WireRow {
 
 impl RowChanges {
     pub fn new(schema: Arc<CompiledSchema>) -> Self {
-        RowChanges { schema, relations: HashMap::new(), skipping: false, route_buf: Vec::new(), ops_written: 0 }
+        RowChanges {
+            schema,
+            relations: HashMap::new(),
+            skipping: false,
+            route_buf: Vec::new(),
+            ops_written: 0,
+        }
     }
 
     pub fn schema(&self) -> &Arc<CompiledSchema> {
@@ -92,10 +102,15 @@ impl RowChanges {
 
     /// Applies one pgoutput message. Returns `Some((commit_lsn, end_lsn))`
     /// when the message closed a transaction that was applied.
-    pub fn apply(&mut self, store: &mut StoreWriter, msg: PgOutput) -> Result<Option<(Lsn, Lsn)>, IngestError> {
+    pub fn apply(
+        &mut self,
+        store: &mut StoreWriter,
+        msg: PgOutput,
+    ) -> Result<Option<(Lsn, Lsn)>, IngestError> {
         match msg {
             PgOutput::Begin(b) => {
-                self.skipping = store.state().last_commit_lsn >= b.final_lsn && b.final_lsn != Lsn::ZERO;
+                self.skipping =
+                    store.state().last_commit_lsn >= b.final_lsn && b.final_lsn != Lsn::ZERO;
                 if self.skipping {
                     tracing::debug!(lsn = %b.final_lsn, "skipping replayed transaction");
                 } else {
@@ -111,11 +126,15 @@ impl RowChanges {
             }
             PgOutput::Relation(r) => self.add_relation(r),
             PgOutput::Insert(i) if !self.skipping => {
-                let Some((table, decoded)) = self.decode(i.relation_id, &i.new)? else { return Ok(None) };
+                let Some((table, decoded)) = self.decode(i.relation_id, &i.new)? else {
+                    return Ok(None);
+                };
                 self.put_row(store, table, None, decoded)?;
             }
             PgOutput::Update(u) if !self.skipping => {
-                let Some((table, decoded)) = self.decode(u.relation_id, &u.new)? else { return Ok(None) };
+                let Some((table, decoded)) = self.decode(u.relation_id, &u.new)? else {
+                    return Ok(None);
+                };
                 let old_key = match u.key.as_ref().or(u.old.as_ref()) {
                     Some(old) => match self.decode(u.relation_id, old)? {
                         Some((_, old)) => Some(self.wire_key(table, &old.row)?.1),
@@ -126,8 +145,12 @@ impl RowChanges {
                 self.put_row(store, table, old_key, decoded)?;
             }
             PgOutput::Delete(d) if !self.skipping => {
-                let Some(old) = d.key.as_ref().or(d.old.as_ref()) else { return Ok(None) };
-                let Some((table, old)) = self.decode(d.relation_id, old)? else { return Ok(None) };
+                let Some(old) = d.key.as_ref().or(d.old.as_ref()) else {
+                    return Ok(None);
+                };
+                let Some((table, old)) = self.decode(d.relation_id, old)? else {
+                    return Ok(None);
+                };
                 let (_, key) = self.wire_key(table, &old.row)?;
                 self.delete_row(store, table, &key)?;
             }
@@ -169,7 +192,11 @@ impl RowChanges {
     }
 
     /// Decodes a tuple of a synced relation into the table's column order.
-    fn decode(&self, relation_id: u32, tuple: &Tuple) -> Result<Option<(usize, DecodedTuple)>, IngestError> {
+    fn decode(
+        &self,
+        relation_id: u32,
+        tuple: &Tuple,
+    ) -> Result<Option<(usize, DecodedTuple)>, IngestError> {
         let map = match self.relations.get(&relation_id) {
             Some(Some(map)) => map,
             Some(None) => return Ok(None),
@@ -179,7 +206,9 @@ impl RowChanges {
         let mut values = vec![None; table.columns.len()];
         let mut unchanged = Vec::new();
         for (pos, value) in tuple.0.iter().enumerate() {
-            let Some(Some(col)) = map.columns.get(pos) else { continue };
+            let Some(Some(col)) = map.columns.get(pos) else {
+                continue;
+            };
             match value {
                 TupleValue::Null => {}
                 TupleValue::UnchangedToast => unchanged.push(*col),
@@ -198,16 +227,28 @@ impl RowChanges {
                 }
             }
         }
-        Ok(Some((map.table, DecodedTuple { row: TextRow(values), unchanged })))
+        Ok(Some((
+            map.table,
+            DecodedTuple {
+                row: TextRow(values),
+                unchanged,
+            },
+        )))
     }
 
     fn convert(&self, table: usize, col: usize, text: Option<&str>) -> Result<Value, IngestError> {
         let t = &self.schema.tables[table];
         match (text, &t.columns[col].kind) {
             (None, _) => Ok(pgtypes::null_value()),
-            (Some(text), Some(kind)) => pgtypes::to_value(kind, text)
-                .map_err(|source| IngestError::Convert { table: t.name.clone(), source }),
-            (Some(text), None) => Ok(Value { kind: Some(outpost_proto::v1::value::Kind::Text(text.to_string())) }),
+            (Some(text), Some(kind)) => {
+                pgtypes::to_value(kind, text).map_err(|source| IngestError::Convert {
+                    table: t.name.clone(),
+                    source,
+                })
+            }
+            (Some(text), None) => Ok(Value {
+                kind: Some(outpost_proto::v1::value::Kind::Text(text.to_string())),
+            }),
         }
     }
 
@@ -229,28 +270,61 @@ impl RowChanges {
             values.push(self.convert(table, col, row.0[col].as_deref())?);
         }
         let hash = row_hash(&t.client_name, &key, &values);
-        Ok(WireRow { key, key_string, values, hash })
+        Ok(WireRow {
+            key,
+            key_string,
+            values,
+            hash,
+        })
     }
 
     fn op(&self, table: usize, kind: Kind, key: Vec<Value>, values: Vec<Value>) -> RowOp {
-        RowOp { op_id: 0, kind: kind as i32, table: self.schema.tables[table].client_name.clone(), key, values }
+        RowOp {
+            op_id: 0,
+            kind: kind as i32,
+            table: self.schema.tables[table].client_name.clone(),
+            key,
+            values,
+        }
     }
 
     /// Loads one row of the initial snapshot.
-    pub fn snapshot_row(&mut self, store: &mut StoreWriter, table: usize, row: TextRow) -> Result<(), IngestError> {
-        self.put_row(store, table, None, DecodedTuple { row, unchanged: Vec::new() })
+    pub fn snapshot_row(
+        &mut self,
+        store: &mut StoreWriter,
+        table: usize,
+        row: TextRow,
+    ) -> Result<(), IngestError> {
+        self.put_row(
+            store,
+            table,
+            None,
+            DecodedTuple {
+                row,
+                unchanged: Vec::new(),
+            },
+        )
     }
 
     /// Inserts or updates a row. `old_key` is the key of the old version when
     /// the change carried one (the key may have changed).
-    fn put_row(&mut self, store: &mut StoreWriter, table: usize, old_key: Option<String>, mut new: DecodedTuple) -> Result<(), IngestError> {
+    fn put_row(
+        &mut self,
+        store: &mut StoreWriter,
+        table: usize,
+        old_key: Option<String>,
+        mut new: DecodedTuple,
+    ) -> Result<(), IngestError> {
         let tbl = self.schema.tables[table].client_name.clone();
         let wire_new_key = self.wire_key(table, &new.row)?.1;
         let lookup_key = old_key.clone().unwrap_or_else(|| wire_new_key.clone());
         let old = store.mirror_get(&tbl, &lookup_key)?;
         if !new.unchanged.is_empty() {
             let Some((old_row, _)) = &old else {
-                return Err(IngestError::MissingRow { table: tbl, key: lookup_key });
+                return Err(IngestError::MissingRow {
+                    table: tbl,
+                    key: lookup_key,
+                });
             };
             for &col in &new.unchanged {
                 new.row.0[col] = old_row.0[col].clone();
@@ -301,7 +375,12 @@ impl RowChanges {
         Ok(())
     }
 
-    fn delete_row(&mut self, store: &mut StoreWriter, table: usize, key: &str) -> Result<(), IngestError> {
+    fn delete_row(
+        &mut self,
+        store: &mut StoreWriter,
+        table: usize,
+        key: &str,
+    ) -> Result<(), IngestError> {
         let tbl = self.schema.tables[table].client_name.clone();
         let Some((old_row, buckets)) = store.mirror_get(&tbl, key)? else {
             tracing::warn!(table = %tbl, key, "delete of a row the mirror does not hold");

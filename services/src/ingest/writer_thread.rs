@@ -35,7 +35,11 @@ pub enum WriterMsg {
     /// The replication connection was lost: drop an incomplete transaction.
     Reconnected,
     /// Start loading a snapshot: empty the store under a new epoch.
-    SnapshotBegin { schema_version: String, slot: String, epoch: String },
+    SnapshotBegin {
+        schema_version: String,
+        slot: String,
+        epoch: String,
+    },
     /// Rows of the snapshot for one table (index into the compiled schema).
     SnapshotRows { table: usize, rows: Vec<TextRow> },
     /// The snapshot is complete; the stream continues from `consistent_point`.
@@ -65,7 +69,11 @@ impl WriterHandle {
     /// Closes the channel and waits for the thread, returning its error.
     /// Blocking.
     pub fn close_and_join(self) -> Result<(), IngestError> {
-        let WriterHandle { tx, progress, thread } = self;
+        let WriterHandle {
+            tx,
+            progress,
+            thread,
+        } = self;
         drop(tx);
         drop(progress);
         match thread.map(|t| t.join()) {
@@ -101,7 +109,11 @@ pub fn spawn_writer(store: StoreWriter, schema: Arc<CompiledSchema>) -> WriterHa
             result
         })
         .expect("spawning the store writer thread");
-    WriterHandle { tx, progress, thread: Some(thread) }
+    WriterHandle {
+        tx,
+        progress,
+        thread: Some(thread),
+    }
 }
 
 fn run(
@@ -113,7 +125,10 @@ fn run(
     let mut opened_at: Option<Instant> = None;
     let mut ops_in_txn: u64 = 0;
     let mut compacted_at = store.state().last_op_id;
-    let mut commit = |store: &mut StoreWriter, opened_at: &mut Option<Instant>, ops: &mut u64| -> Result<(), IngestError> {
+    let mut commit = |store: &mut StoreWriter,
+                      opened_at: &mut Option<Instant>,
+                      ops: &mut u64|
+     -> Result<(), IngestError> {
         let last = store.state().last_op_id;
         if store.in_transaction() && last >= compacted_at + COMPACTION_EVERY_OPS {
             compacted_at = last;
@@ -157,7 +172,11 @@ fn run(
                 ops_in_txn = 0;
                 progress.send_replace(progress_of(&store));
             }
-            WriterMsg::SnapshotBegin { schema_version, slot, epoch } => {
+            WriterMsg::SnapshotBegin {
+                schema_version,
+                slot,
+                epoch,
+            } => {
                 store.rollback()?;
                 changes.reset_connection();
                 store.reinitialise(&schema_version, &slot, &epoch)?;

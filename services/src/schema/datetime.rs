@@ -1,9 +1,9 @@
 //! Dates and timestamps as shape predicates compare them.
 //!
 //! A `date` is a day number and a `timestamp`/`timestamptz` a microsecond
-//! count, both counted from 1970-01-01 (UTC for `timestamptz`) on the
-//! proleptic Gregorian calendar with astronomical years (1 BC is year 0), as
-//! Postgres stores them. `±infinity` are the extreme values of the
+//! count, both counted from 2000-01-01 (UTC for `timestamptz`) on the
+//! proleptic Gregorian calendar with astronomical years (1 BC is year 0),
+//! exactly as Postgres stores them (so the whole range fits in an `i64`). `±infinity` are the extreme values of the
 //! representation, as in Postgres, so plain integer comparison orders them.
 //!
 //! Input follows what Postgres accepts in a session with `DateStyle=ISO` and
@@ -24,17 +24,24 @@ pub(crate) const DATE_POS_INF: i32 = i32::MAX;
 pub(crate) const TS_NEG_INF: i64 = i64::MIN;
 pub(crate) const TS_POS_INF: i64 = i64::MAX;
 
+/// 2000-01-01 in days since 1970-01-01: Postgres' epoch.
+const PG_EPOCH_DAYS: i64 = 10_957;
+
+/// Days since 2000-01-01.
+fn pg_days(year: i64, month: u32, day: u32) -> i64 {
+    days_from_civil(year, month, day) - PG_EPOCH_DAYS
+}
 /// First valid date: 4714-11-24 BC (Julian day 0).
 fn min_date() -> i64 {
-    days_from_civil(-4713, 11, 24)
+    pg_days(-4713, 11, 24)
 }
 /// Last valid date: 5874897-12-31.
 fn max_date() -> i64 {
-    days_from_civil(5_874_897, 12, 31)
+    pg_days(5_874_897, 12, 31)
 }
 /// Timestamps end before 294277-01-01 00:00.
 fn ts_end_day() -> i64 {
-    days_from_civil(294_277, 1, 1)
+    pg_days(294_277, 1, 1)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (astronomical year).
@@ -288,7 +295,7 @@ pub(crate) fn parse_date(text: &str) -> Result<i32, String> {
         Parsed::PosInfinity => Ok(DATE_POS_INF),
         Parsed::NegInfinity => Ok(DATE_NEG_INF),
         Parsed::At(p) => {
-            let days = days_from_civil(p.year, p.month, p.day);
+            let days = pg_days(p.year, p.month, p.day);
             if days < min_date() || days > max_date() {
                 return Err(format!("date out of range: `{}`", text.trim()));
             }
@@ -305,7 +312,7 @@ pub(crate) fn parse_timestamp(text: &str, with_zone: bool) -> Result<i64, String
         Parsed::PosInfinity => Ok(TS_POS_INF),
         Parsed::NegInfinity => Ok(TS_NEG_INF),
         Parsed::At(p) => {
-            let days = days_from_civil(p.year, p.month, p.day);
+            let days = pg_days(p.year, p.month, p.day);
             let out_of_range = || format!("timestamp out of range: `{}`", text.trim());
             if days < min_date() || days >= ts_end_day() {
                 return Err(out_of_range());
@@ -361,7 +368,7 @@ pub(crate) fn timestamp_as_instant(micros: i64) -> i128 {
 }
 
 fn write_date(out: &mut String, days: i64) -> bool {
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = civil_from_days(days + PG_EPOCH_DAYS);
     let (shown, bc) = if year <= 0 {
         (1 - year, true)
     } else {

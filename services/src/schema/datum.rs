@@ -85,9 +85,9 @@ pub(crate) enum Datum {
     /// Every character type (`character(n)` with its padding).
     Text(String),
     Uuid(u128),
-    /// Days since 1970-01-01; see [`datetime`].
+    /// Days since 2000-01-01; see [`datetime`].
     Date(i32),
-    /// Microseconds since 1970-01-01 00:00 UTC, for both timestamp types.
+    /// Microseconds since 2000-01-01 00:00 UTC, for both timestamp types.
     Timestamp(i64),
     /// An enum label's position in sort order.
     Enum(u32),
@@ -446,7 +446,7 @@ pub(crate) fn cast(d: &Datum, from: &SqlType, to: &SqlType) -> Result<Datum, Eva
         (Datum::Float(f), T::Int(w)) => {
             let r = f.round_ties_even();
             // i64::MAX as f64 rounds up to 2^63, which does not fit.
-            if r.is_nan() || r < -9_223_372_036_854_775_808.0 || r >= 9_223_372_036_854_775_808.0 {
+            if !(-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&r) {
                 return Err(out_of_range(to));
             }
             int_in_range(r as i64, *w, to)?

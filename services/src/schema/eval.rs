@@ -179,6 +179,25 @@ pub(crate) enum Node {
     },
 }
 
+impl Node {
+    /// Whether the value depends on the row.
+    pub(crate) fn reads_columns(&self) -> bool {
+        match self {
+            Node::Column(_) => true,
+            Node::Const(_) | Node::Null => false,
+            Node::Cast { expr, .. }
+            | Node::IsNull { expr, .. }
+            | Node::IsBool { expr, .. }
+            | Node::Like { expr, .. } => expr.reads_columns(),
+            Node::Not(e) => e.reads_columns(),
+            Node::Cmp { left, right, .. } | Node::Distinct { left, right, .. } => {
+                left.reads_columns() || right.reads_columns()
+            }
+            Node::And(items) | Node::Or(items) => items.iter().any(Node::reads_columns),
+        }
+    }
+}
+
 /// The columns of one row, parsed on first use.
 pub(crate) struct RowValues<'a> {
     text: &'a [Option<&'a str>],
@@ -251,10 +270,17 @@ impl Node {
                 Some(d) => Some(Cow::Owned(datum::cast(&d, from, to)?)),
             },
             Node::Cmp { op, left, right } => {
-                let (l, r) = (left.eval(row)?, right.eval(row)?);
-                match (l, r) {
-                    (Some(l), Some(r)) => boolean(Some(op.holds(datum::compare(&l, &r)?))),
-                    _ => None,
+                // Comparisons are strict: a NULL operand makes the result
+                // NULL whatever the other one would do (Postgres folds
+                // `x = NULL` away before evaluating `x`).
+                let l = left.eval(row);
+                if matches!(l, Ok(None)) {
+                    return Ok(None);
+                }
+                match (l, right.eval(row)) {
+                    (Ok(None), _) | (_, Ok(None)) => None,
+                    (Err(e), _) | (_, Err(e)) => return Err(e),
+                    (Ok(Some(l)), Ok(Some(r))) => boolean(Some(op.holds(datum::compare(&l, &r)?))),
                 }
             }
             Node::Distinct {

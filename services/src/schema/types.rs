@@ -74,6 +74,7 @@ pub(crate) struct Collation {
 
 impl Collation {
     /// The `C` collation.
+    #[cfg(test)]
     pub(crate) fn c() -> Collation {
         Collation {
             name: "C".into(),
@@ -246,4 +247,68 @@ pub(crate) fn cast_exists(from: &SqlType, to: &SqlType) -> bool {
         (T::Date | T::Timestamp | T::Timestamptz, T::Date | T::Timestamp | T::Timestamptz) => true,
         _ => false,
     }
+}
+
+/// Whether Postgres converts `from` to `to` implicitly (`pg_cast` context
+/// `i`), within the types a predicate compares.
+pub(crate) fn implicit_cast(from: &SqlType, to: &SqlType) -> bool {
+    use SqlType as T;
+    if from == to || *from == T::Unknown {
+        return true;
+    }
+    match (from, to) {
+        (T::Int(a), T::Int(b)) => {
+            let rank = |w: &IntWidth| match w {
+                IntWidth::I2 => 0,
+                IntWidth::I4 | IntWidth::Oid => 1,
+                IntWidth::I8 => 2,
+            };
+            rank(a) < rank(b)
+        }
+        (T::Int(_), T::Float { .. } | T::Numeric) => true,
+        (T::Numeric, T::Float { .. }) => true,
+        (T::Float { single: true }, T::Float { single: false }) => true,
+        (T::Text(_), T::Text(_)) => true,
+        (T::Date, T::Timestamp | T::Timestamptz) | (T::Timestamp, T::Timestamptz) => true,
+        _ => false,
+    }
+}
+
+/// The preferred type of its category (`typispreferred`).
+fn is_preferred(ty: &SqlType) -> bool {
+    matches!(
+        ty,
+        SqlType::Bool
+            | SqlType::Float { single: false }
+            | SqlType::Text(TextKind::Text)
+            | SqlType::Timestamptz
+    )
+}
+
+/// Postgres' `select_common_type` followed by `verify_common_type`: the type
+/// a list of values (an IN list with its left side) is compared in, or
+/// `None` when they have none. Untyped literals adopt it; all untyped gives
+/// `text`.
+pub(crate) fn common_type<'t>(types: impl IntoIterator<Item = &'t SqlType>) -> Option<SqlType> {
+    let types: Vec<&SqlType> = types.into_iter().collect();
+    let mut known = types.iter().copied().filter(|t| **t != SqlType::Unknown);
+    let Some(mut chosen) = known.next() else {
+        return Some(SqlType::Text(TextKind::Text));
+    };
+    for next in known {
+        if next.category() != chosen.category() {
+            return None;
+        }
+        if next != chosen
+            && !is_preferred(chosen)
+            && implicit_cast(chosen, next)
+            && !implicit_cast(next, chosen)
+        {
+            chosen = next;
+        }
+    }
+    types
+        .iter()
+        .all(|t| implicit_cast(t, chosen))
+        .then(|| chosen.clone())
 }

@@ -13,8 +13,8 @@ use super::sync::SyncContext;
 use crate::store::{ReadTxn, StoreError};
 use outpost_proto::v1::sync_response::Message;
 use outpost_proto::v1::{
-    BucketChecksum, BucketReset, Checkpoint, ColumnSchema, DataBatch, Keepalive, RowOp, Schema, SyncRequest,
-    SyncResponse, TableSchema,
+    BucketChecksum, BucketReset, Checkpoint, ColumnSchema, DataBatch, Keepalive, RowOp, Schema,
+    SyncRequest, SyncResponse, TableSchema,
 };
 use prost::Message as _;
 use std::collections::{HashMap, HashSet};
@@ -53,7 +53,11 @@ fn msg(m: Message) -> Result<SyncResponse, Status> {
 }
 
 impl Session {
-    pub(super) fn new(ctx: Arc<SyncContext>, start: SessionStart, tx: mpsc::Sender<Result<SyncResponse, Status>>) -> Self {
+    pub(super) fn new(
+        ctx: Arc<SyncContext>,
+        start: SessionStart,
+        tx: mpsc::Sender<Result<SyncResponse, Status>>,
+    ) -> Self {
         Session { ctx, start, tx }
     }
 
@@ -63,7 +67,6 @@ impl Session {
             Ok(()) | Err(Gone) => tracing::info!(%client_id, "sync stream closed"),
         }
     }
-
 
     async fn stream(self) -> Result<(), Gone> {
         let Session { ctx, start, tx } = self;
@@ -88,7 +91,12 @@ impl Session {
             if removed || !same_epoch {
                 resets.push(BucketReset {
                     bucket: c.bucket.clone(),
-                    reason: if removed { "the bucket is no longer in your shapes" } else { "the service's store was rebuilt" }.into(),
+                    reason: if removed {
+                        "the bucket is no longer in your shapes"
+                    } else {
+                        "the service's store was rebuilt"
+                    }
+                    .into(),
                     removed,
                 });
             } else {
@@ -111,19 +119,26 @@ impl Session {
             if epoch != store_epoch {
                 // The store was rebuilt under this stream: the client must
                 // reconnect and have its buckets reset.
-                let _ = tx.send(Err(Status::unavailable("the service rebuilt its store; reconnect"))).await;
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "the service rebuilt its store; reconnect",
+                    )))
+                    .await;
                 return Err(Gone);
             }
             if first || target > last_sent_op {
                 let ctx2 = ctx.clone();
                 let tx2 = tx.clone();
-                let buckets = start.buckets.clone();
-                let pending_resets = std::mem::take(&mut resets);
-                let cursors_in = cursors.clone();
-                let full = first;
-                let last_lsn = last_sent_lsn;
+                let request = CatchUp {
+                    buckets: start.buckets.clone(),
+                    cursors: cursors.clone(),
+                    resets: std::mem::take(&mut resets),
+                    full: first,
+                    last_lsn: last_sent_lsn,
+                };
                 let result = tokio::task::spawn_blocking(move || {
-                    ctx2.readers.read(|txn| Ok(catch_up(txn, &ctx2, &buckets, cursors_in, pending_resets, full, last_lsn, &tx2)))
+                    ctx2.readers
+                        .read(|txn| Ok(catch_up(txn, &ctx2, request, &tx2)))
                 })
                 .await
                 .map_err(|_| Gone)??;
@@ -135,8 +150,15 @@ impl Session {
             } else if durable > last_sent_lsn {
                 // No new ops anywhere, but the store caught up further in the
                 // WAL: tell the client its state is current up to there.
-                let checkpoint = Checkpoint { op_id: last_sent_op, lsn: durable, epoch: epoch.clone(), buckets: Vec::new() };
-                tx.send(msg(Message::Checkpoint(checkpoint))).await.map_err(|_| Gone)?;
+                let checkpoint = Checkpoint {
+                    op_id: last_sent_op,
+                    lsn: durable,
+                    epoch: epoch.clone(),
+                    buckets: Vec::new(),
+                };
+                tx.send(msg(Message::Checkpoint(checkpoint)))
+                    .await
+                    .map_err(|_| Gone)?;
                 last_sent_lsn = durable;
             }
             tokio::select! {
@@ -157,30 +179,47 @@ impl Session {
 
 /// Sends everything new for the session's buckets from one read snapshot,
 /// closed by a checkpoint. Returns the checkpoint op id and the new cursors.
+/// What one catch-up starts from.
+struct CatchUp {
+    buckets: Vec<String>,
+    cursors: HashMap<String, u64>,
+    /// Resets to send before any data.
+    resets: Vec<BucketReset>,
+    /// List every bucket in the checkpoint (the stream's first).
+    full: bool,
+    /// The LSN of the last checkpoint sent.
+    last_lsn: u64,
+}
+
 fn catch_up(
     txn: &ReadTxn<'_>,
     ctx: &SyncContext,
-    buckets: &[String],
-    mut cursors: HashMap<String, u64>,
-    resets: Vec<BucketReset>,
-    full: bool,
-    last_lsn: u64,
+    request: CatchUp,
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
 ) -> Result<(u64, u64, HashMap<String, u64>), Gone> {
+    let CatchUp {
+        buckets,
+        mut cursors,
+        resets,
+        full,
+        last_lsn,
+    } = request;
     let send = |m: Message| tx.blocking_send(msg(m)).map_err(|_| Gone);
     let checkpoint = txn.checkpoint()?;
     for r in resets {
         send(Message::Reset(r))?;
     }
     let mut listed = Vec::new();
-    for bucket in buckets {
+    for bucket in &buckets {
         let info = txn.bucket(bucket)?;
         let cursor = cursors.get(bucket).copied().unwrap_or(0);
         let mut from = cursor;
         if cursor > 0 && cursor < info.horizon {
             send(Message::Reset(BucketReset {
                 bucket: bucket.clone(),
-                reason: "your cursor is older than what the service keeps; the bucket is sent again".into(),
+                reason:
+                    "your cursor is older than what the service keeps; the bucket is sent again"
+                        .into(),
                 removed: false,
             }))?;
             from = 0;
@@ -196,7 +235,12 @@ fn catch_up(
                 if batch.len() >= ctx.batch_ops || bytes >= BATCH_BYTES {
                     let ops = std::mem::take(&mut batch);
                     bytes = 0;
-                    if send(Message::Data(DataBatch { bucket: bucket.clone(), ops })).is_err() {
+                    if send(Message::Data(DataBatch {
+                        bucket: bucket.clone(),
+                        ops,
+                    }))
+                    .is_err()
+                    {
                         failed = true;
                         return false;
                     }
@@ -207,11 +251,18 @@ fn catch_up(
                 return Err(Gone);
             }
             if !batch.is_empty() {
-                send(Message::Data(DataBatch { bucket: bucket.clone(), ops: batch }))?;
+                send(Message::Data(DataBatch {
+                    bucket: bucket.clone(),
+                    ops: batch,
+                }))?;
             }
         }
         if full || changed || from != cursor {
-            listed.push(BucketChecksum { bucket: bucket.clone(), checksum: info.checksum, count: info.count });
+            listed.push(BucketChecksum {
+                bucket: bucket.clone(),
+                checksum: info.checksum,
+                count: info.count,
+            });
         }
         cursors.insert(bucket.clone(), checkpoint.op_id);
     }
@@ -231,7 +282,7 @@ fn schema_message(ctx: &SyncContext, table_indexes: &[usize]) -> Schema {
     let schema = &ctx.schema;
     let tables = table_indexes
         .iter()
-            .map(|&i| {
+        .map(|&i| {
             let t = &schema.tables[i];
             TableSchema {
                 name: t.client_name.clone(),
@@ -243,7 +294,11 @@ fn schema_message(ctx: &SyncContext, table_indexes: &[usize]) -> Schema {
                         ColumnSchema {
                             name: col.name.clone(),
                             pg_type: col.type_name.clone(),
-                            sqlite_type: col.kind.as_ref().map_or("TEXT", |k| k.sqlite_type()).to_string(),
+                            sqlite_type: col
+                                .kind
+                                .as_ref()
+                                .map_or("TEXT", |k| k.sqlite_type())
+                                .to_string(),
                             nullable: col.nullable,
                         }
                     })
@@ -256,5 +311,8 @@ fn schema_message(ctx: &SyncContext, table_indexes: &[usize]) -> Schema {
             }
         })
         .collect();
-    Schema { version: schema.version.clone(), tables }
+    Schema {
+        version: schema.version.clone(),
+        tables,
+    }
 }

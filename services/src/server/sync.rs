@@ -40,10 +40,9 @@ impl SyncService {
 }
 
 fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
-    let value = request
-        .metadata()
-        .get("authorization")
-        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
+    let value = request.metadata().get("authorization").ok_or_else(|| {
+        Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+    })?;
     let value = value
         .to_str()
         .map_err(|_| Status::unauthenticated("the authorization metadata is not text"))?;
@@ -51,14 +50,19 @@ fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
-        .ok_or_else(|| Status::unauthenticated("the authorization metadata must be `Bearer <token>`"))
+        .ok_or_else(|| {
+            Status::unauthenticated("the authorization metadata must be `Bearer <token>`")
+        })
 }
 
 #[tonic::async_trait]
 impl SyncApi for SyncService {
     type SyncStream = ReceiverStream<Result<SyncResponse, Status>>;
 
-    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
+    async fn sync(
+        &self,
+        request: Request<SyncRequest>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
         let token = bearer_token(&request)?;
         let claims = self.ctx.auth.verify(token).map_err(|e| {
             tracing::info!(error = %e, "token refused");
@@ -76,7 +80,13 @@ impl SyncApi for SyncService {
             .schema
             .shapes
             .iter()
-            .filter(|s| if shapes.is_empty() { s.default } else { shapes.contains(&s.name) })
+            .filter(|s| {
+                if shapes.is_empty() {
+                    s.default
+                } else {
+                    shapes.contains(&s.name)
+                }
+            })
             .map(|s| s.table)
             .collect();
         tracing::info!(
@@ -88,7 +98,11 @@ impl SyncApi for SyncService {
         let (tx, rx) = mpsc::channel(16);
         let session = Session::new(
             self.ctx.clone(),
-            SessionStart { buckets, tables: tables.into_iter().collect(), request },
+            SessionStart {
+                buckets,
+                tables: tables.into_iter().collect(),
+                request,
+            },
             tx,
         );
         tokio::spawn(session.run());

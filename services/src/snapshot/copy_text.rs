@@ -42,7 +42,10 @@ impl CopyTextParser {
         if self.pending.is_empty() {
             Ok(())
         } else {
-            Err(CopyParseError { row: self.rows + 1, reason: "stream ended inside a row".into() })
+            Err(CopyParseError {
+                row: self.rows + 1,
+                reason: "stream ended inside a row".into(),
+            })
         }
     }
 }
@@ -64,7 +67,10 @@ fn parse_row(line: &[u8], row: u64) -> Result<Vec<Option<String>>, CopyParseErro
                 continue;
             }
             let Some(&e) = field.get(i + 1) else {
-                return Err(CopyParseError { row, reason: "trailing backslash".into() });
+                return Err(CopyParseError {
+                    row,
+                    reason: "trailing backslash".into(),
+                });
             };
             i += 2;
             match e {
@@ -101,7 +107,10 @@ fn parse_row(line: &[u8], row: u64) -> Result<Vec<Option<String>>, CopyParseErro
                 other => bytes.push(other),
             }
         }
-        let s = String::from_utf8(bytes).map_err(|_| CopyParseError { row, reason: "value is not valid UTF-8".into() })?;
+        let s = String::from_utf8(bytes).map_err(|_| CopyParseError {
+            row,
+            reason: "value is not valid UTF-8".into(),
+        })?;
         out.push(Some(s));
     }
     Ok(out)
@@ -125,7 +134,14 @@ mod tests {
         }
         p.finish().unwrap();
         assert_eq!(rows[0], vec![Some("1".into()), Some("a\tb".into()), None]);
-        assert_eq!(rows[1], vec![Some("2".into()), Some("line\nbreak\\".into()), Some("x".into())]);
+        assert_eq!(
+            rows[1],
+            vec![
+                Some("2".into()),
+                Some("line\nbreak\\".into()),
+                Some("x".into())
+            ]
+        );
     }
 
     #[test]

@@ -37,14 +37,17 @@ pub enum SnapshotError {
         source: CopyParseError,
     },
     #[error("snapshot of {table}: a row has {got} columns, expected {expected}")]
-    Columns { table: String, got: usize, expected: usize },
+    Columns {
+        table: String,
+        got: usize,
+        expected: usize,
+    },
     #[error("the store writer stopped during the snapshot")]
     WriterGone,
 }
 
 /// Session settings shared with the replication connection.
-pub const SESSION_SETTINGS: &str =
-    "SET DateStyle = ISO; SET TimeZone = 'UTC'; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET client_encoding = 'UTF8';";
+pub const SESSION_SETTINGS: &str = "SET DateStyle = ISO; SET TimeZone = 'UTC'; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET client_encoding = 'UTF8';";
 
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -59,9 +62,14 @@ pub async fn load(
     writer: &mpsc::Sender<WriterMsg>,
 ) -> Result<u64, SnapshotError> {
     client.batch_execute(SESSION_SETTINGS).await?;
-    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
     client
-        .batch_execute(&format!("SET TRANSACTION SNAPSHOT '{}'", snapshot_name.replace('\'', "''")))
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    client
+        .batch_execute(&format!(
+            "SET TRANSACTION SNAPSHOT '{}'",
+            snapshot_name.replace('\'', "''")
+        ))
         .await?;
     let mut total = 0;
     for (index, table) in schema.tables.iter().enumerate() {
@@ -79,7 +87,10 @@ pub async fn load(
         let mut batch = Vec::with_capacity(BATCH_ROWS);
         let mut rows = 0u64;
         let expected = table.columns.len();
-        let parse_err = |source| SnapshotError::Parse { table: table.name.clone(), source };
+        let parse_err = |source| SnapshotError::Parse {
+            table: table.name.clone(),
+            source,
+        };
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             let mut bad_width = None;
@@ -93,18 +104,31 @@ pub async fn load(
                 })
                 .map_err(parse_err)?;
             if let Some(got) = bad_width {
-                return Err(SnapshotError::Columns { table: table.name.clone(), got, expected });
+                return Err(SnapshotError::Columns {
+                    table: table.name.clone(),
+                    got,
+                    expected,
+                });
             }
             if batch.len() >= BATCH_ROWS {
                 rows += batch.len() as u64;
                 let rows = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-                writer.send(WriterMsg::SnapshotRows { table: index, rows }).await.map_err(|_| SnapshotError::WriterGone)?;
+                writer
+                    .send(WriterMsg::SnapshotRows { table: index, rows })
+                    .await
+                    .map_err(|_| SnapshotError::WriterGone)?;
             }
         }
         parser.finish().map_err(parse_err)?;
         rows += batch.len() as u64;
         if !batch.is_empty() {
-            writer.send(WriterMsg::SnapshotRows { table: index, rows: batch }).await.map_err(|_| SnapshotError::WriterGone)?;
+            writer
+                .send(WriterMsg::SnapshotRows {
+                    table: index,
+                    rows: batch,
+                })
+                .await
+                .map_err(|_| SnapshotError::WriterGone)?;
         }
         tracing::info!(table = %table.name, rows, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot copied");
         total += rows;

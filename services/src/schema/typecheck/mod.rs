@@ -8,14 +8,17 @@
 //! ordering is accepted only under a byte-order collation; a token claim is
 //! accepted only as `column = auth.claim` directly under AND/OR.
 
+mod operators;
+mod params;
+
 use std::sync::Arc;
 
 use super::catalog::CatalogTable;
 use super::datum::{self, Datum};
 use super::error::{Pos, did_you_mean};
-use super::eval::{LikePattern, Node};
+use super::eval::Node;
 use super::expr::{CmpOp, Expr, ExprKind};
-use super::types::{Category, Collation, EnumType, IntWidth, SqlType, TextKind, cast_exists};
+use super::types::{Category, Collation, IntWidth, SqlType, TextKind, common_type};
 
 /// The AND/OR structure of a filter around its claim parameters.
 #[derive(Clone, Debug)]
@@ -49,9 +52,6 @@ pub(crate) struct Checker<'a> {
     pub errors: Vec<(Pos, String)>,
 }
 
-const SUPPORTED_CASTS: &str = "boolean, smallint, integer, bigint, real, double precision, \
-    numeric, text, varchar, uuid, timestamptz, timestamp, date, or an enum type of the table";
-
 impl<'a> Checker<'a> {
     pub(crate) fn new(table: &'a CatalogTable, default_collation: Option<Arc<Collation>>) -> Self {
         Checker {
@@ -63,148 +63,6 @@ impl<'a> Checker<'a> {
 
     fn error(&mut self, pos: Pos, message: impl Into<String>) {
         self.errors.push((pos, message.into()));
-    }
-
-    /// Checks a whole filter.
-    pub(crate) fn filter(&mut self, e: &Expr) -> Option<Cond> {
-        if !e.mentions_claim() {
-            return self.boolean(e, "WHERE").map(Cond::Pred);
-        }
-        match &e.kind {
-            ExprKind::And(a, b) => {
-                let (a, b) = (self.filter(a), self.filter(b));
-                Some(Cond::And(vec![a?, b?]))
-            }
-            ExprKind::Or(a, b) => {
-                let (a, b) = (self.filter(a), self.filter(b));
-                Some(Cond::Or(vec![a?, b?]))
-            }
-            ExprKind::Cmp(CmpOp::Eq, a, b) => match (&a.kind, &b.kind) {
-                (ExprKind::Claim(path), ExprKind::Column { .. })
-                | (ExprKind::Column { .. }, ExprKind::Claim(path)) => {
-                    let column = if matches!(a.kind, ExprKind::Column { .. }) {
-                        a
-                    } else {
-                        b
-                    };
-                    self.param(column, path)
-                }
-                _ => {
-                    self.claim_misuse(e);
-                    None
-                }
-            },
-            _ => {
-                self.claim_misuse(e);
-                None
-            }
-        }
-    }
-
-    fn param(&mut self, column: &Expr, claim: &[String]) -> Option<Cond> {
-        let col = self.column(column)?;
-        let Node::Column(index) = col.node else {
-            return None;
-        };
-        let name = &self.table.columns[index].name;
-        if !col.ty.can_be_parameter() || self.table.columns[index].kind.is_none() {
-            let message = format!(
-                "column `{name}` has type {}, which cannot be matched against a token claim \
-                 (parameters must be of a type with exact equality: integer, text, uuid, \
-                 boolean, numeric, date, timestamp or enum)",
-                self.table.columns[index].type_name
-            );
-            self.error(column.pos, message);
-            return None;
-        }
-        if let Some(c) = &col.coll
-            && !c.deterministic
-        {
-            let message = format!(
-                "column `{name}` uses the nondeterministic collation `{}`, whose equality \
-                 Outpost cannot reproduce",
-                c.name
-            );
-            self.error(column.pos, message);
-            return None;
-        }
-        Some(Cond::Param {
-            column: index,
-            claim: claim.to_vec(),
-        })
-    }
-
-    /// Reports each claim below `e`, saying why it cannot be used there.
-    fn claim_misuse(&mut self, e: &Expr) {
-        let (reason, suggestion) = match &e.kind {
-            ExprKind::Not(_) => ("is under NOT".to_string(), String::new()),
-            ExprKind::Cmp(op, a, b) if *op != CmpOp::Eq => {
-                (format!("is compared with `{op}`"), String::new())
-            }
-            ExprKind::Cmp(_, a, b) => {
-                let other = if matches!(a.kind, ExprKind::Claim(_)) {
-                    b
-                } else {
-                    a
-                };
-                let what = match &other.kind {
-                    ExprKind::Claim(_) => "another token claim",
-                    ExprKind::Str(_) | ExprKind::Number(_) | ExprKind::Bool(_) | ExprKind::Null => {
-                        "a constant"
-                    }
-                    _ => "an expression",
-                };
-                (
-                    format!("is compared with {what}, not with a plain column"),
-                    String::new(),
-                )
-            }
-            ExprKind::In { expr, list, .. } => {
-                let hint = match (
-                    &expr.kind,
-                    list.iter().all(|x| matches!(x.kind, ExprKind::Claim(_))),
-                ) {
-                    (ExprKind::Column { name, .. }, true) => {
-                        let alternatives: Vec<String> = list
-                            .iter()
-                            .filter_map(|x| match &x.kind {
-                                ExprKind::Claim(p) => {
-                                    Some(format!("{name} = auth.{}", p.join(".")))
-                                }
-                                _ => None,
-                            })
-                            .collect();
-                        format!("; write `({})` instead", alternatives.join(" OR "))
-                    }
-                    _ => String::new(),
-                };
-                ("is in an IN list".to_string(), hint)
-            }
-            ExprKind::IsNull { .. } | ExprKind::IsBool { .. } => {
-                ("is tested with IS".to_string(), String::new())
-            }
-            ExprKind::Between { .. } => ("is in BETWEEN".to_string(), String::new()),
-            ExprKind::Like { .. } => ("is in LIKE".to_string(), String::new()),
-            ExprKind::Cast { .. } => ("is cast to another type".to_string(), String::new()),
-            ExprKind::Distinct { .. } => ("is in IS DISTINCT FROM".to_string(), String::new()),
-            _ => ("is used as a condition".to_string(), String::new()),
-        };
-        let mut claims = Vec::new();
-        e.visit(&mut |x| {
-            if let ExprKind::Claim(path) = &x.kind {
-                claims.push((x.pos, path.join(".")));
-            }
-        });
-        for (pos, path) in claims {
-            self.error(
-                pos,
-                format!(
-                    "`auth.{path}` {reason}: a token claim may only appear as \
-                     `column = auth.{path}` (or `auth.{path} = column`), joined to the rest \
-                     of the clause with AND or OR{suggestion}"
-                ),
-            );
-        }
     }
 
     /// Checks a condition (operand of WHERE, AND, OR, NOT, IS TRUE…).
@@ -263,6 +121,15 @@ impl<'a> Checker<'a> {
             pos: e.pos,
             literal: None,
         })
+    }
+
+    /// A type as the user knows it: a column's declared type (a domain's
+    /// name, `character varying(80)`), otherwise the type itself.
+    fn type_name(&self, t: &Typed) -> String {
+        match t.node {
+            Node::Column(i) => self.table.columns[i].type_name.clone(),
+            _ => t.ty.to_string(),
+        }
     }
 
     fn typed(node: Node, ty: SqlType, pos: Pos) -> Typed {
@@ -384,19 +251,9 @@ impl<'a> Checker<'a> {
                 list,
                 negated,
             } => {
-                // `x IN (a, b)` is `x = a OR x = b`; NOT IN negates that.
                 let left = self.check(expr);
                 let items: Vec<Option<Typed>> = list.iter().map(|x| self.check(x)).collect();
-                let left = left?;
-                let mut alternatives = Vec::with_capacity(items.len());
-                for item in items {
-                    alternatives.push(self.compare(CmpOp::Eq, left.clone(), item?, pos));
-                }
-                let alternatives: Vec<Node> = alternatives
-                    .into_iter()
-                    .map(|t| t.map(|t| t.node))
-                    .collect::<Option<_>>()?;
-                let any = Node::Or(alternatives);
+                let any = self.in_list(left?, items.into_iter().collect::<Option<_>>()?, pos)?;
                 let node = if *negated {
                     Node::Not(Box::new(any))
                 } else {
@@ -447,6 +304,67 @@ impl<'a> Checker<'a> {
         })
     }
 
+    /// `x IN (a, b, …)` is `x = a OR x = b OR …`, where, as in Postgres,
+    /// the items without columns are first converted to the common type of
+    /// them and `x` (so `int_col IN (1.5, 'NaN')` compares numerics).
+    fn in_list(&mut self, left: Typed, items: Vec<Typed>, pos: Pos) -> Option<Node> {
+        let (constants, columns): (Vec<Typed>, Vec<Typed>) =
+            items.into_iter().partition(|t| !t.node.reads_columns());
+        let common = if constants.is_empty() {
+            None
+        } else {
+            common_type(std::iter::once(&left.ty).chain(constants.iter().map(|t| &t.ty)))
+        };
+        let mut alternatives = Vec::with_capacity(constants.len() + columns.len());
+        for item in constants {
+            let item = match &common {
+                Some(ty) => self.convert(item, ty)?,
+                None => item,
+            };
+            alternatives.push(self.compare(CmpOp::Eq, left.clone(), item, pos));
+        }
+        for item in columns {
+            alternatives.push(self.compare(CmpOp::Eq, left.clone(), item, pos));
+        }
+        let alternatives = alternatives
+            .into_iter()
+            .map(|t| t.map(|t| t.node))
+            .collect::<Option<Vec<Node>>>()?;
+        Some(Node::Or(alternatives))
+    }
+
+    /// Converts a value to `ty` implicitly (the caller checked that Postgres would).
+    fn convert(&mut self, t: Typed, ty: &SqlType) -> Option<Typed> {
+        if t.ty == SqlType::Unknown {
+            return self.coerce_unknown(t, ty);
+        }
+        if t.ty == *ty {
+            return Some(t);
+        }
+        let node = match t.node {
+            Node::Null => Node::Null,
+            Node::Const(d) => match datum::cast(&d, &t.ty, ty) {
+                Ok(d) => Node::Const(d),
+                Err(e) => {
+                    self.error(t.pos, e.0);
+                    return None;
+                }
+            },
+            node => Node::Cast {
+                expr: Box::new(node),
+                from: t.ty.clone(),
+                to: ty.clone(),
+            },
+        };
+        Some(Typed {
+            node,
+            ty: ty.clone(),
+            coll: t.coll,
+            pos: t.pos,
+            literal: None,
+        })
+    }
+
     /// Gives an untyped literal (or NULL) the type `ty`, parsing it now.
     fn coerce_unknown(&mut self, t: Typed, ty: &SqlType) -> Option<Typed> {
         if t.ty != SqlType::Unknown {
@@ -471,61 +389,6 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn enum_named(&self, name: &str) -> Option<Arc<EnumType>> {
-        self.table.columns.iter().find_map(|c| match &c.sql_type {
-            SqlType::Enum(e) if e.name == name || c.type_name == name => Some(e.clone()),
-            _ => None,
-        })
-    }
-
-    fn cast(&mut self, expr: &Expr, to: &str, pos: Pos) -> Option<Typed> {
-        let inner = self.check(expr);
-        let Some(target) =
-            SqlType::from_cast_name(to).or_else(|| self.enum_named(to).map(SqlType::Enum))
-        else {
-            self.error(
-                pos,
-                format!("casts to `{to}` are not supported; a shape filter can cast to {SUPPORTED_CASTS}"),
-            );
-            return None;
-        };
-        let inner = inner?;
-        if inner.ty == SqlType::Unknown {
-            return self.coerce_unknown(inner, &target);
-        }
-        if !cast_exists(&inner.ty, &target) {
-            self.error(pos, format!("cannot cast type {} to {target}", inner.ty));
-            return None;
-        }
-        let coll = match (&target, inner.ty.is_text()) {
-            (SqlType::Text(_), true) => inner.coll.clone(),
-            (SqlType::Text(_), false) => self.default_collation.clone(),
-            _ => None,
-        };
-        let node = match inner.node {
-            Node::Null => Node::Null,
-            Node::Const(d) => match datum::cast(&d, &inner.ty, &target) {
-                Ok(d) => Node::Const(d),
-                Err(e) => {
-                    self.error(pos, e.0);
-                    return None;
-                }
-            },
-            node => Node::Cast {
-                expr: Box::new(node),
-                from: inner.ty.clone(),
-                to: target.clone(),
-            },
-        };
-        Some(Typed {
-            node,
-            ty: target,
-            coll,
-            pos,
-            literal: None,
-        })
-    }
-
     /// `character(n)` compares without its trailing spaces.
     fn trimmed(t: Typed) -> Typed {
         if t.ty != SqlType::Text(TextKind::Bpchar) {
@@ -544,6 +407,23 @@ impl<'a> Checker<'a> {
     }
 
     fn compare(&mut self, op: CmpOp, a: Typed, b: Typed, pos: Pos) -> Option<Typed> {
+        for side in [&a, &b] {
+            if side.ty.category() == Category::Other {
+                let what = match side.node {
+                    Node::Column(i) => format!("column `{}`", self.table.columns[i].name),
+                    _ => "this value".to_string(),
+                };
+                self.error(
+                    side.pos,
+                    format!(
+                        "{what} has type {}, which a shape filter cannot compare; \
+                         only IS [NOT] NULL applies to it",
+                        self.type_name(side)
+                    ),
+                );
+                return None;
+            }
+        }
         let text = SqlType::Text(TextKind::Text);
         let (a, b) = match (a.ty == SqlType::Unknown, b.ty == SqlType::Unknown) {
             (true, true) => (
@@ -561,23 +441,6 @@ impl<'a> Checker<'a> {
             }
             (false, false) => (a, b),
         };
-        for side in [&a, &b] {
-            if side.ty.category() == Category::Other {
-                let what = match side.node {
-                    Node::Column(i) => format!("column `{}`", self.table.columns[i].name),
-                    _ => "this value".to_string(),
-                };
-                self.error(
-                    side.pos,
-                    format!(
-                        "{what} has type {}, which a shape filter cannot compare; \
-                         only IS [NOT] NULL applies to it",
-                        side.ty
-                    ),
-                );
-                return None;
-            }
-        }
         let same_enum = match (&a.ty, &b.ty) {
             (SqlType::Enum(x), SqlType::Enum(y)) => x.oid == y.oid,
             _ => true,
@@ -634,93 +497,6 @@ impl<'a> Checker<'a> {
                 op,
                 left: Box::new(a.node),
                 right: Box::new(b.node),
-            },
-            SqlType::Bool,
-            pos,
-        ))
-    }
-
-    fn like(
-        &mut self,
-        expr: &Expr,
-        pattern: &Expr,
-        escape: Option<&Expr>,
-        negated: bool,
-        case_insensitive: bool,
-        pos: Pos,
-    ) -> Option<Typed> {
-        let operator = if case_insensitive { "ILIKE" } else { "LIKE" };
-        let subject = self.check(expr)?;
-        let subject = self.coerce_unknown(subject, &SqlType::Text(TextKind::Text))?;
-        if !subject.ty.is_text() {
-            self.error(
-                pos,
-                format!(
-                    "operator does not exist: {} {operator} text (cast to text first: `x::text {operator} …`)",
-                    subject.ty
-                ),
-            );
-            return None;
-        }
-        let coll = subject
-            .coll
-            .clone()
-            .or_else(|| self.default_collation.clone());
-        if let Some(c) = coll.as_deref().filter(|c| !c.deterministic) {
-            self.error(
-                subject.pos,
-                format!(
-                    "{operator} is not supported for the nondeterministic collation `{}`",
-                    c.name
-                ),
-            );
-            return None;
-        }
-        let pattern_text = match &pattern.kind {
-            ExprKind::Str(s) => Some(s.clone()),
-            ExprKind::Null => None,
-            _ => {
-                self.error(
-                    pattern.pos,
-                    format!("the pattern of {operator} must be a string literal"),
-                );
-                return None;
-            }
-        };
-        let escape_char = match escape.map(|e| &e.kind) {
-            None => Some(Some('\\')),
-            Some(ExprKind::Null) => None,
-            Some(ExprKind::Str(s)) if s.chars().count() <= 1 => Some(s.chars().next()),
-            Some(_) => {
-                let at = escape.map_or(pos, |e| e.pos);
-                self.error(
-                    at,
-                    "the ESCAPE of LIKE must be a string literal of at most one character",
-                );
-                return None;
-            }
-        };
-        let (Some(pattern_text), Some(escape_char)) = (pattern_text, escape_char) else {
-            // A NULL pattern or escape makes the result NULL.
-            return Some(Self::typed(Node::Null, SqlType::Bool, pos));
-        };
-        let fold = case_insensitive.then(|| {
-            coll.as_deref()
-                .map_or(super::types::CaseFold::Ascii, |c| c.fold)
-        });
-        let compiled = match LikePattern::compile(&pattern_text, escape_char, fold) {
-            Ok(p) => p,
-            Err(msg) => {
-                self.error(pattern.pos, msg);
-                return None;
-            }
-        };
-        Some(Self::typed(
-            Node::Like {
-                expr: Box::new(subject.node),
-                pattern: compiled,
-                negated,
-                fold,
             },
             SqlType::Bool,
             pos,
