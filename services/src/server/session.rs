@@ -300,6 +300,7 @@ fn schema_message(ctx: &SyncContext, table_indexes: &[usize]) -> Schema {
                                 .map_or("TEXT", |k| k.sqlite_type())
                                 .to_string(),
                             nullable: col.nullable,
+                            merge: "lww".into(),
                         }
                     })
                     .collect(),

@@ -7,7 +7,7 @@ use crate::ingest::Progress;
 use crate::schema::CompiledSchema;
 use crate::store::ReaderPool;
 use outpost_proto::v1::sync_server::Sync as SyncApi;
-use outpost_proto::v1::{SyncRequest, SyncResponse};
+use outpost_proto::v1::{SyncRequest, SyncResponse, WriteRequest, WriteResponse};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,5 +107,14 @@ impl SyncApi for SyncService {
         );
         tokio::spawn(session.run());
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn write(
+        &self,
+        _request: Request<WriteRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        Err(Status::unimplemented(
+            "writes are not enabled on this service",
+        ))
     }
 }
