@@ -59,6 +59,13 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<SyncResponse, Status>> + 
 impl Sync for Fake {
     type SyncStream = ResponseStream;
 
+    async fn write(
+        &self,
+        _request: Request<outpost_proto::v1::WriteRequest>,
+    ) -> Result<Response<outpost_proto::v1::WriteResponse>, Status> {
+        Err(Status::unimplemented("the scripted service takes no writes"))
+    }
+
     async fn sync(
         &self,
         request: Request<SyncRequest>,
@@ -132,6 +139,7 @@ pub fn schema() -> SyncResponse {
         pg_type: String::new(),
         sqlite_type: ty.into(),
         nullable: true,
+        merge: "lww".into(),
     };
     SyncResponse {
         message: Some(Message::Schema(Schema {
