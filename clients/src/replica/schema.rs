@@ -285,6 +285,7 @@ mod tests {
                     pg_type: String::new(),
                     sqlite_type: (*t).into(),
                     nullable: true,
+                    merge: "lww".into(),
                 })
                 .collect(),
             primary_key: pk.to_vec(),

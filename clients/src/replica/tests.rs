@@ -31,6 +31,7 @@ fn schema(version: &str, extra_column: bool) -> Schema {
         pg_type: String::new(),
         sqlite_type: ty.into(),
         nullable: true,
+        merge: "lww".into(),
     };
     let mut columns = vec![col("id", "INTEGER"), col("title", "TEXT")];
     if extra_column {
