@@ -165,6 +165,12 @@ impl PgCluster {
     }
 
     /// The cluster's data directory (`PGDATA`).
+    /// The directory of the Postgres binaries the cluster runs (for
+    /// companion tools such as `pg_recvlogical` and `pgbench`).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bindir
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.root_path.join("data")
     }

@@ -63,7 +63,9 @@ impl Sync for Fake {
         &self,
         _request: Request<outpost_proto::v1::WriteRequest>,
     ) -> Result<Response<outpost_proto::v1::WriteResponse>, Status> {
-        Err(Status::unimplemented("the scripted service takes no writes"))
+        Err(Status::unimplemented(
+            "the scripted service takes no writes",
+        ))
     }
 
     async fn sync(

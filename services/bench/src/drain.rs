@@ -1,0 +1,117 @@
+//! B1 and B2: draining a WAL backlog into the service's durable store, next
+//! to `pg_recvlogical` draining an identical slot over the same backlog.
+//!
+//! Both slots are created before the backlog is written, so both decode the
+//! same WAL. Outpost runs first, so the baseline gets the warmer page cache.
+
+use crate::harness::{Bench, rss_bytes, run_pg_tool, store_position, wait_for_store};
+use crate::report::Figure;
+use outpost::lsn::Lsn;
+use std::time::{Duration, Instant};
+
+pub enum Backlog {
+    /// This many single-row transactions.
+    SingleRowTxns(u64),
+    /// One transaction of this many rows.
+    OneTxn(u64),
+}
+
+pub async fn run(id: &str, backlog: Backlog) -> anyhow::Result<Vec<Figure>> {
+    let bench = Bench::new("")?;
+    let data_dir = bench.dir.path().join("data");
+    // First start: creates the slot, the publication and the (empty) store.
+    let service = outpost::service::start(bench.config(&data_dir)).await?;
+    wait_for_store(&data_dir, Lsn::ZERO, Duration::from_secs(60)).await?;
+    service.shutdown().await?;
+    bench.pg.psql(
+        crate::harness::DB,
+        "SELECT pg_create_logical_replication_slot('baseline', 'pgoutput')",
+    )?;
+
+    let rows = match backlog {
+        Backlog::SingleRowTxns(n) => {
+            eprintln!("{id}: writing {n} single-row transactions…");
+            bench
+                .pg
+                .psql(crate::harness::DB, &format!("CALL single_row_txns({n}, 1)"))?;
+            n
+        }
+        Backlog::OneTxn(n) => {
+            eprintln!("{id}: writing one transaction of {n} rows…");
+            bench.pg.psql(
+                crate::harness::DB,
+                &format!(
+                    "INSERT INTO items (id, owner, title, n) SELECT g, 'alice', 'item ' || g, g % 1000 FROM generate_series(1, {n}) g"
+                ),
+            )?;
+            n
+        }
+    };
+    let target = bench.current_lsn()?;
+
+    eprintln!("{id}: outpost draining to {target}…");
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    let service = outpost::service::start(bench.config(&data_dir)).await?;
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_bytes(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let done = wait_for_store(&data_dir, target, Duration::from_secs(1800)).await?;
+    let outpost_secs = (done - started).as_secs_f64();
+    sampler.abort();
+    let peak = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(rss_bytes());
+    service.shutdown().await?;
+    let position = store_position(&data_dir).map(|p| p.1).unwrap_or_default();
+
+    eprintln!("{id}: pg_recvlogical draining the same backlog…");
+    let url = bench.pg.url(crate::harness::DB);
+    let started = Instant::now();
+    run_pg_tool(
+        &bench,
+        "pg_recvlogical",
+        &[
+            "-d",
+            &url,
+            "--slot",
+            "baseline",
+            "--start",
+            "--no-loop",
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=outpost",
+            "-E",
+            &target.to_string(),
+            "-f",
+            "/dev/null",
+        ],
+    )?;
+    let baseline_secs = started.elapsed().as_secs_f64();
+
+    let mut figures = vec![Figure::higher_is_better(
+        id,
+        "rows/s drained to a durable store",
+        rows as f64 / outpost_secs,
+        rows as f64 / baseline_secs,
+        "pg_recvlogical --endpos, pgoutput, to /dev/null",
+        0.9,
+    )];
+    if let Backlog::OneTxn(_) = backlog {
+        figures.push(Figure::info(
+            &format!("{id}-rss"),
+            "service RSS growth while draining, MB",
+            peak.saturating_sub(rss_before) as f64 / 1e6,
+        ));
+    }
+    eprintln!("{id}: store reached {position}");
+    Ok(figures)
+}

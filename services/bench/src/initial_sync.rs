@@ -1,0 +1,80 @@
+//! B3: initial sync of a large shape into a fresh client SQLite file, next to
+//! rusqlite inserting the same rows into a fresh file in one transaction with
+//! a cached prepared statement (the fastest a replica could be written).
+
+use crate::harness::{Bench, DB, wait_for_store};
+use crate::report::Figure;
+use anyhow::ensure;
+use outpost::lsn::Lsn;
+use std::time::{Duration, Instant};
+
+pub async fn run(rows: u64) -> anyhow::Result<Vec<Figure>> {
+    let bench = Bench::new("")?;
+    eprintln!("B3: loading {rows} rows into Postgres…");
+    bench.pg.psql(
+        DB,
+        &format!("INSERT INTO items (id, owner, title, n) SELECT g, 'alice', 'item ' || g, g % 1000 FROM generate_series(1, {rows}) g"),
+    )?;
+    let data_dir = bench.dir.path().join("data");
+    let service = outpost::service::start(bench.config(&data_dir)).await?;
+    eprintln!("B3: waiting for the service's snapshot…");
+    wait_for_store(&data_dir, Lsn(1), Duration::from_secs(1800)).await?;
+
+    eprintln!("B3: client initial sync…");
+    let db = bench.dir.path().join("replica.db");
+    let opts = outpost_client::SyncOptions {
+        once: true,
+        ..outpost_client::SyncOptions::new(
+            format!("http://{}", service.addr),
+            bench.token("alice")?,
+            &db,
+        )
+    };
+    let started = Instant::now();
+    let summary = outpost_client::sync(opts).await?;
+    let outpost_secs = started.elapsed().as_secs_f64();
+    ensure!(
+        summary.rows_received == rows,
+        "the client received {} rows, expected {rows}",
+        summary.rows_received
+    );
+    service.shutdown().await?;
+
+    eprintln!("B3: rusqlite baseline…");
+    let baseline_secs = tokio::task::spawn_blocking(move || baseline(rows)).await??;
+    Ok(vec![Figure::higher_is_better(
+        "B3",
+        "rows/s, service → fresh client replica",
+        rows as f64 / outpost_secs,
+        rows as f64 / baseline_secs,
+        "rusqlite: one transaction, cached prepared insert",
+        0.5,
+    )])
+}
+
+fn baseline(rows: u64) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let started = Instant::now();
+    let mut conn = rusqlite::Connection::open(dir.path().join("baseline.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.execute_batch(
+        "CREATE TABLE items (id INTEGER, owner TEXT, title TEXT, n INTEGER, created_at TEXT, PRIMARY KEY (id))",
+    )?;
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO items (id, owner, title, n, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for id in 1..=rows as i64 {
+            stmt.execute(rusqlite::params![
+                id,
+                "alice",
+                format!("item {id}"),
+                id % 1000,
+                "2026-01-01T00:00:00.123456Z"
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(started.elapsed().as_secs_f64())
+}

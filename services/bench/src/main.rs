@@ -1,0 +1,73 @@
+//! `outpost-bench`: runs Outpost's workloads on a throwaway Postgres cluster
+//! and prints each figure next to a baseline measured in the same run, on
+//! the same machine and data, as a ratio (machines here are shared and noisy:
+//! only ratios mean anything).
+//!
+//! ```text
+//! cargo run --release -p outpost-bench -- all            # every workload
+//! cargo run --release -p outpost-bench -- b1 --json out.json
+//! ```
+
+mod drain;
+mod harness;
+mod initial_sync;
+mod report;
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// Every workload.
+    All,
+    /// WAL backlog of single-row transactions → durable store, vs pg_recvlogical.
+    B1,
+    /// One large transaction → durable store, vs pg_recvlogical; RSS growth.
+    B2,
+    /// Initial sync into a fresh client replica, vs rusqlite bulk insert.
+    B3,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "outpost-bench",
+    about = "Outpost benchmarks, each as a ratio against a baseline from the same run"
+)]
+struct Cli {
+    #[arg(value_enum)]
+    workload: Workload,
+    /// Scale every row count by this factor (e.g. 0.1 for a quick run).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Write the figures to this JSON file.
+    #[arg(long, default_value = "bench-results.json")]
+    json: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let n = |base: u64| ((base as f64 * cli.scale) as u64).max(1);
+    let mut figures = Vec::new();
+    let all = cli.workload == Workload::All;
+    if all || cli.workload == Workload::B1 {
+        figures.extend(drain::run("B1", drain::Backlog::SingleRowTxns(n(100_000))).await?);
+    }
+    if all || cli.workload == Workload::B2 {
+        figures.extend(drain::run("B2", drain::Backlog::OneTxn(n(1_000_000))).await?);
+    }
+    if all || cli.workload == Workload::B3 {
+        figures.extend(initial_sync::run(n(1_000_000)).await?);
+    }
+    println!();
+    report::print_table(&figures);
+    std::fs::write(&cli.json, serde_json::to_string_pretty(&figures)?)?;
+    println!("\nfigures written to {}", cli.json.display());
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Figures, the table printed at the end, and the JSON file.
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Figure {
+    pub id: String,
+    pub what: String,
+    pub outpost: f64,
+    pub baseline: Option<f64>,
+    pub baseline_what: String,
+    /// outpost / baseline for higher-is-better figures, baseline / outpost
+    /// for lower-is-better ones, so that above 1 is always better.
+    pub ratio: Option<f64>,
+    /// The ratio the target asks for, when there is one.
+    pub target_ratio: Option<f64>,
+}
+
+impl Figure {
+    pub fn higher_is_better(
+        id: &str,
+        what: &str,
+        outpost: f64,
+        baseline: f64,
+        baseline_what: &str,
+        target: f64,
+    ) -> Figure {
+        Figure {
+            id: id.into(),
+            what: what.into(),
+            outpost,
+            baseline: Some(baseline),
+            baseline_what: baseline_what.into(),
+            ratio: Some(outpost / baseline),
+            target_ratio: Some(target),
+        }
+    }
+
+    pub fn info(id: &str, what: &str, outpost: f64) -> Figure {
+        Figure {
+            id: id.into(),
+            what: what.into(),
+            outpost,
+            baseline: None,
+            baseline_what: String::new(),
+            ratio: None,
+            target_ratio: None,
+        }
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+pub fn print_table(figures: &[Figure]) {
+    println!(
+        "{:<8} {:<44} {:>14} {:>14} {:>8} {:>8}  baseline",
+        "id", "figure", "outpost", "baseline", "ratio", "target"
+    );
+    for f in figures {
+        let verdict = match (f.ratio, f.target_ratio) {
+            (Some(r), Some(t)) if r >= t => "ok",
+            (Some(_), Some(_)) => "BELOW",
+            _ => "",
+        };
+        println!(
+            "{:<8} {:<44} {:>14} {:>14} {:>8} {:>8}  {} {}",
+            f.id,
+            f.what,
+            fmt(f.outpost),
+            f.baseline.map(fmt).unwrap_or_else(|| "-".into()),
+            f.ratio
+                .map(|r| format!("{r:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            f.target_ratio
+                .map(|r| format!("≥{r:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            f.baseline_what,
+            verdict,
+        );
+    }
+}
