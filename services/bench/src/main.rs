@@ -11,6 +11,7 @@
 mod drain;
 mod harness;
 mod initial_sync;
+mod latency;
 mod report;
 
 use clap::{Parser, ValueEnum};
@@ -26,6 +27,8 @@ enum Workload {
     B2,
     /// Initial sync into a fresh client replica, vs rusqlite bulk insert.
     B3,
+    /// Commit → replica latency at a fixed change rate, 1 and 1,000 clients.
+    B4,
 }
 
 #[derive(Parser)]
@@ -64,6 +67,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if all || cli.workload == Workload::B3 {
         figures.extend(initial_sync::run(n(1_000_000)).await?);
+    }
+    if all || cli.workload == Workload::B4 {
+        let seconds = ((10.0 * cli.scale).ceil() as u32).max(2);
+        figures.extend(latency::run(1, 1000, seconds).await?);
+        figures.extend(latency::run(n(1000) as usize, 1000, seconds).await?);
     }
     println!();
     report::print_table(&figures);
