@@ -1,0 +1,10 @@
+-- What Outpost needs from Postgres, for a database `app` and a role `outpost`.
+-- postgresql.conf: wal_level = logical (restart required); max_replication_slots
+-- and max_wal_senders at least 1 more than in use.
+
+CREATE ROLE outpost LOGIN REPLICATION PASSWORD 'change-me';
+GRANT CONNECT ON DATABASE app TO outpost;
+GRANT USAGE ON SCHEMA public TO outpost;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO outpost;
+-- With create_publication = false, create the publication as the tables' owner:
+-- CREATE PUBLICATION outpost FOR TABLE lists, todos;
