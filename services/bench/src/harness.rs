@@ -85,6 +85,7 @@ impl Bench {
                 leeway_secs: 30,
                 ..AuthConfig::default()
             },
+            limits: Default::default(),
         }
     }
 
