@@ -32,6 +32,14 @@ pub enum ClientError {
     )]
     Unimplemented(String),
 
+    /// The service refused a `Write` request as a whole (not one group of it):
+    /// writes are not enabled, or the request is not acceptable to it. The
+    /// local writes stay in the outbox.
+    #[error(
+        "the service refused the local writes: {0}; they stay in the outbox and are sent again by the next sync"
+    )]
+    WritesRefused(String),
+
     /// The server address cannot be used.
     #[error("invalid server address {url:?}: {reason}; use an address like http://localhost:4000")]
     InvalidServer {
@@ -74,6 +82,10 @@ pub enum ClientError {
     /// The query given to [`crate::inspect::write_query`] would modify the replica.
     #[error("only read-only queries are allowed here: {0}")]
     NotReadOnly(String),
+
+    /// SQL given to [`crate::LocalDb::execute_group`] cannot run as one group.
+    #[error("{0}")]
+    InvalidStatement(String),
 
     /// The thread that writes the replica could not start or stopped.
     #[error("the replica writer stopped: {0}")]

@@ -2,13 +2,20 @@
 //! printer. Nothing here writes to the replica: queries run on a read-only
 //! connection and must be read-only statements.
 
+/// Rejections the status report lists (the most recent ones).
+const RECENT_REJECTIONS: usize = 5;
+
+/// Pending groups the status report lists (the oldest ones).
+const LISTED_GROUPS: usize = 10;
+
 use crate::{ClientError, Replica, format_lsn};
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 use std::fmt::Write as _;
 use std::io::Write;
 
-/// A human-readable report: the last checkpoint, buckets and tables.
+/// A human-readable report: the last checkpoint, buckets, tables, local
+/// writes not confirmed yet, and the most recent rejections.
 pub fn status_report(replica: &Replica) -> Result<String, ClientError> {
     let mut out = String::new();
     let _ = writeln!(out, "replica:        {}", replica.path().display());
@@ -49,7 +56,63 @@ pub fn status_report(replica: &Replica) -> Result<String, ClientError> {
     for t in &tables {
         let _ = writeln!(out, "  {:<width$}  {:>10} rows", t.name, t.rows);
     }
+    write_pending(&mut out, replica)?;
     Ok(out)
+}
+
+/// The local writes part of [`status_report`].
+fn write_pending(out: &mut String, replica: &Replica) -> Result<(), ClientError> {
+    let pending = replica.pending()?;
+    let (waiting, applied): (Vec<_>, Vec<_>) = pending.iter().partition(|g| g.commit_lsn.is_none());
+    let ops = |groups: &[&crate::PendingGroup]| groups.iter().map(|g| g.ops).sum::<u64>();
+    let _ = writeln!(
+        out,
+        "outbox:         {} group(s), {} op(s) to upload",
+        waiting.len(),
+        ops(&waiting)
+    );
+    let _ = write!(
+        out,
+        "awaiting checkpoint: {} group(s), {} op(s)",
+        applied.len(),
+        ops(&applied)
+    );
+    match applied.iter().filter_map(|g| g.commit_lsn).max() {
+        Some(lsn) => {
+            let _ = writeln!(out, " (until LSN {})", format_lsn(lsn));
+        }
+        None => {
+            let _ = writeln!(out);
+        }
+    }
+    for g in pending.iter().take(LISTED_GROUPS) {
+        let state = match g.commit_lsn {
+            Some(lsn) => format!("applied at LSN {}", format_lsn(lsn)),
+            None => "to upload".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  seq {:<8} {:>6} op(s)  {}  [{}]",
+            g.seq,
+            g.ops,
+            state,
+            g.tables.join(", ")
+        );
+    }
+    if pending.len() > LISTED_GROUPS {
+        let _ = writeln!(out, "  … and {} more", pending.len() - LISTED_GROUPS);
+    }
+    let rejections = replica.rejections()?;
+    let _ = writeln!(out, "rejections ({}):", rejections.len());
+    let skip = rejections.len().saturating_sub(RECENT_REJECTIONS);
+    for r in rejections.iter().skip(skip) {
+        let _ = writeln!(
+            out,
+            "  {}  seq {} op {}  {} {} {}  {}: {}",
+            r.at, r.seq, r.op, r.kind, r.table, r.key, r.reason_code, r.message
+        );
+    }
+    Ok(())
 }
 
 /// Runs one read-only statement and writes its rows tab-separated, after a

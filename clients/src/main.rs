@@ -4,6 +4,7 @@
 //! outpost-client sync   --server URL --token TOKEN --db FILE [--shape NAME]... [--once]
 //! outpost-client status --db FILE
 //! outpost-client query  --db FILE "SQL"
+//! outpost-client exec   --db FILE "SQL"
 //! ```
 //!
 //! Progress goes to stderr (at most a few lines per second during a large
@@ -11,7 +12,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use outpost_client::{Replica, SyncEvent, SyncOptions, format_lsn, inspect};
+use outpost_client::{LocalDb, Replica, SyncEvent, SyncOptions, WriteStatus, format_lsn, inspect};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
@@ -29,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Download the user's shapes into the replica and keep it up to date.
+    /// Download the user's shapes into the replica, upload its local writes,
+    /// and keep both up to date.
     Sync {
         /// The service address, e.g. http://localhost:4000.
         #[arg(long)]
@@ -43,11 +45,13 @@ enum Command {
         /// A shape to sync (repeatable); none means the schema's default set.
         #[arg(long = "shape", value_name = "NAME")]
         shapes: Vec<String>,
-        /// Stop after the replica has caught up with the service once.
+        /// Stop once the replica has caught up with the service and every
+        /// local write has been answered and, if applied, synced back.
         #[arg(long)]
         once: bool,
     },
-    /// Show the last checkpoint, buckets and tables of a replica.
+    /// Show the last checkpoint, buckets, tables, pending writes and recent
+    /// rejections of a replica.
     Status {
         /// The replica file.
         #[arg(long)]
@@ -59,6 +63,15 @@ enum Command {
         #[arg(long)]
         db: PathBuf,
         /// The query.
+        sql: String,
+    },
+    /// Write to a replica's tables with SQL, in one transaction (one op group
+    /// the next sync uploads); prints how many rows changed.
+    Exec {
+        /// The replica file (synced at least once).
+        #[arg(long)]
+        db: PathBuf,
+        /// INSERT, UPDATE and DELETE statements, separated by `;`.
         sql: String,
     },
 }
@@ -99,6 +112,16 @@ async fn main() -> anyhow::Result<()> {
             std::io::Write::flush(&mut out).context("writing the query output")?;
             Ok(())
         }
+        Command::Exec { db, sql } => {
+            // Refuses files that hold no replica before opening for writing.
+            drop(Replica::open_read_only(&db)?);
+            let mut local = LocalDb::open(&db)?;
+            let changed = local
+                .execute_group(&sql)
+                .with_context(|| format!("writing to {}", db.display()))?;
+            println!("{changed} row(s) changed");
+            Ok(())
+        }
     }
 }
 
@@ -114,6 +137,13 @@ async fn run_sync(opts: SyncOptions) -> anyhow::Result<()> {
     let _ = progress.await;
     match result {
         Some(Ok(summary)) => {
+            if summary.groups_uploaded > 0 || summary.groups_rejected > 0 {
+                eprintln!(
+                    "uploaded {} local write group(s), {} rejected",
+                    summary.groups_uploaded + summary.groups_rejected,
+                    summary.groups_rejected
+                );
+            }
             match &summary.last {
                 Some(cp) => eprintln!(
                     "synced {}: {} checkpoint(s), {} rows received; at op {} LSN {}",
@@ -167,6 +197,19 @@ async fn show_progress(mut events: tokio::sync::mpsc::UnboundedReceiver<SyncEven
                 first = false;
             }
             SyncEvent::Disconnected { .. } => pending_printed = false,
+            SyncEvent::WriteResult {
+                seq,
+                status: WriteStatus::Rejected,
+                reason,
+            } => {
+                eprintln!(
+                    "local write {seq} rejected: {}; its rows are back to the server's values",
+                    reason.as_deref().unwrap_or("no reason given")
+                );
+            }
+            SyncEvent::WriteFailed { error } => {
+                eprintln!("uploading local writes failed ({error}); retrying");
+            }
             _ => {}
         }
     }

@@ -1,9 +1,12 @@
-//! The `outpost-client` binary: sync, status and query against a scripted
-//! in-process service.
+//! The `outpost-client` binary: sync, status, query and exec against a
+//! scripted in-process service.
 
 mod common;
 
-use common::{A, B, Fake, Script, bucket, checkpoint, data, initial, schema, serve};
+use common::{
+    A, B, Fake, Script, answer_each, applied, bucket, checkpoint, data, initial, lsn, rejected,
+    schema, serve,
+};
 use std::process::Output;
 use std::time::Duration;
 use tonic::Status;
@@ -127,4 +130,147 @@ async fn refused_tokens_end_the_sync_with_advice() {
     let out = run(&["status", "--db", db.to_str().expect("utf-8 path")], None).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("checkpoint:     none yet"));
+}
+
+#[tokio::test]
+async fn exec_writes_locally_and_sync_uploads() {
+    let fake = Fake::new(vec![Script::Send(initial())]);
+    let (url, _server) = serve(fake.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("replica.db");
+    let db = db.to_str().expect("utf-8 path");
+    let sync_once = ["sync", "--server", &url, "--db", db, "--once"];
+    let out = run(&sync_once, Some("tok")).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = run(
+        &[
+            "exec",
+            "--db",
+            db,
+            "UPDATE todos SET title = 'uno' WHERE id = 1; INSERT INTO todos VALUES (4, 'four')",
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "2 row(s) changed\n");
+    let out = run(
+        &["exec", "--db", db, "INSERT INTO todos VALUES (5, 'five')"],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A failing statement writes nothing.
+    let out = run(
+        &[
+            "exec",
+            "--db",
+            db,
+            "UPDATE todos SET title = 'x' WHERE id = 2; INSERT INTO nope VALUES (1)",
+        ],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no such table"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["status", "--db", db], None).await;
+    let status = text(&out.stdout);
+    assert!(
+        status.contains("outbox:         2 group(s), 3 op(s) to upload"),
+        "{status}"
+    );
+    let out = run(
+        &[
+            "query",
+            "--db",
+            db,
+            "SELECT id, title FROM todos ORDER BY id",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        text(&out.stdout),
+        "id\ttitle\n1\tuno\n2\ttwo\n3\tthree\n4\tfour\n5\tfive\n"
+    );
+
+    // The service applies the first group and refuses the second.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(schema()).expect("send");
+    tx.send(checkpoint(10, vec![bucket("a", A), bucket("b", B)]))
+        .expect("send");
+    fake.push(Script::Live(rx));
+    fake.answer_writes(move |request| {
+        let a: &[(i64, &str)] = &[(1, "uno"), (2, "two"), (4, "four")];
+        let _ = tx.send(data("a", &[(1, "uno"), (4, "four")]));
+        let _ = tx.send(checkpoint(20, vec![bucket("a", a), bucket("b", B)]));
+        let first = request.groups[0].seq;
+        answer_each(request, |seq| {
+            if seq == first {
+                applied(seq, lsn(20))
+            } else {
+                rejected(seq, "check_violation", "title too short")
+            }
+        })
+    });
+    let out = run(&sync_once, Some("tok")).await;
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("uploaded 2 local write group(s), 1 rejected"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("check_violation: title too short"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("at op 20"), "{stderr}");
+
+    let out = run(&["status", "--db", db], None).await;
+    let status = text(&out.stdout);
+    assert!(status.contains("outbox:         0 group(s)"), "{status}");
+    assert!(
+        status.contains("awaiting checkpoint: 0 group(s)"),
+        "{status}"
+    );
+    assert!(status.contains("rejections (1):"), "{status}");
+    assert!(
+        status.contains("INSERT todos [5]  check_violation: title too short"),
+        "{status}"
+    );
+    let out = run(
+        &[
+            "query",
+            "--db",
+            db,
+            "SELECT id, title FROM todos ORDER BY id",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        text(&out.stdout),
+        "id\ttitle\n1\tuno\n2\ttwo\n3\tthree\n4\tfour\n"
+    );
+
+    let missing = dir.path().join("missing.db");
+    let out = run(
+        &[
+            "exec",
+            "--db",
+            missing.to_str().expect("utf-8 path"),
+            "DELETE FROM todos",
+        ],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("is not an Outpost replica"));
+    assert!(!missing.exists());
 }

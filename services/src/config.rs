@@ -10,6 +10,8 @@
 //! publication = "outpost"                                   # OUTPOST_PUBLICATION
 //! create_publication = true                                 # OUTPOST_CREATE_PUBLICATION
 //! keepalive_secs = 15                                       # OUTPOST_KEEPALIVE_SECS
+//! max_buckets_per_user = 10000                              # OUTPOST_MAX_BUCKETS_PER_USER
+//! max_shapes_per_request = 50                               # OUTPOST_MAX_SHAPES_PER_REQUEST
 //!
 //! [auth]
 //! hs256_secret = "…"                                        # OUTPOST_AUTH_HS256_SECRET
@@ -59,6 +61,8 @@ struct FileConfig {
     publication: Option<String>,
     create_publication: Option<bool>,
     keepalive_secs: Option<u64>,
+    max_buckets_per_user: Option<usize>,
+    max_shapes_per_request: Option<usize>,
     #[serde(default)]
     auth: FileAuth,
 }
@@ -89,6 +93,27 @@ pub struct ServiceConfig {
     pub create_publication: bool,
     pub keepalive_secs: u64,
     pub auth: AuthConfig,
+    /// What one client may ask for.
+    pub limits: Limits,
+}
+
+/// What one client may ask of the service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The most buckets one stream may hold (its shapes' buckets after
+    /// memberships and request parameters are applied).
+    pub max_buckets_per_user: usize,
+    /// The most shapes one request may name.
+    pub max_shapes_per_request: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_buckets_per_user: 10_000,
+            max_shapes_per_request: 50,
+        }
+    }
 }
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -196,6 +221,16 @@ impl ServiceConfig {
                 .or(fc.keepalive_secs)
                 .unwrap_or(15),
             auth,
+            limits: Limits {
+                max_buckets_per_user: env_parse(env, "OUTPOST_MAX_BUCKETS_PER_USER")?
+                    .or(fc.max_buckets_per_user)
+                    .unwrap_or(Limits::default().max_buckets_per_user)
+                    .max(1),
+                max_shapes_per_request: env_parse(env, "OUTPOST_MAX_SHAPES_PER_REQUEST")?
+                    .or(fc.max_shapes_per_request)
+                    .unwrap_or(Limits::default().max_shapes_per_request)
+                    .max(1),
+            },
         })
     }
 }
@@ -224,6 +259,35 @@ mod tests {
             vec![PathBuf::from("a.pem"), PathBuf::from("b.pem")]
         );
         assert_eq!(cfg.schema_dir, PathBuf::from("schema"));
+        assert_eq!(cfg.limits, Limits::default());
+    }
+
+    #[test]
+    fn limits_come_from_the_file_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outpost.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://file\"\nmax_buckets_per_user = 20\nmax_shapes_per_request = 3\n",
+        )
+        .unwrap();
+        let cfg = ServiceConfig::load_with(Some(&path), &|_| None).unwrap();
+        assert_eq!(
+            cfg.limits,
+            Limits {
+                max_buckets_per_user: 20,
+                max_shapes_per_request: 3
+            }
+        );
+        let vars: HashMap<&str, &str> = [("OUTPOST_MAX_BUCKETS_PER_USER", "7")].into();
+        let cfg =
+            ServiceConfig::load_with(Some(&path), &|n| vars.get(n).map(|s| s.to_string())).unwrap();
+        assert_eq!(cfg.limits.max_buckets_per_user, 7);
+        let vars: HashMap<&str, &str> = [("OUTPOST_MAX_SHAPES_PER_REQUEST", "many")].into();
+        let err = ServiceConfig::load_with(Some(&path), &|n| vars.get(n).map(|s| s.to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("OUTPOST_MAX_SHAPES_PER_REQUEST"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! the example todo app from `schema/` (its `*.sql` files, then its schema
 //! files), starts the service with a random HS256 secret, prints demo tokens
 //! and the client commands to try, and — when the `outpost-client` binary
-//! sits next to this one — runs a short scripted demo with it. Ctrl-C stops
+//! sits next to this one — runs a short scripted demo with it: two users'
+//! replicas, a change arriving live, then a list shared with bob arriving in
+//! his replica and leaving it when the share is revoked. Ctrl-C stops
 //! everything and removes the cluster.
 
 use anyhow::{Context, bail};
@@ -91,6 +93,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         publication: "outpost".into(),
         create_publication: true,
         keepalive_secs: 15,
+        limits: Default::default(),
         auth: AuthConfig {
             hs256_secret: Some(secret.clone()),
             leeway_secs: 30,
@@ -122,6 +125,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  {client_cmd} query --db alice.db \"SELECT * FROM todos\"");
     println!(
         "  psql '{}' -c \"INSERT INTO todos (list_id, owner, title) VALUES (1, 'alice', 'Buy milk')\"",
+        pg.url(DATABASE)
+    );
+    println!("Share a list with bob, or stop sharing it, and watch his replica follow:");
+    println!(
+        "  psql '{}' -c \"INSERT INTO list_members (list_id, user_id) VALUES (1, 'bob')\"",
+        pg.url(DATABASE)
+    );
+    println!(
+        "  psql '{}' -c \"DELETE FROM list_members WHERE list_id = 1 AND user_id = 'bob'\"",
         pg.url(DATABASE)
     );
     println!();
@@ -182,6 +194,36 @@ fn run_client(client: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Syncs `db` once at a time until `query` on it satisfies `done`; returns
+/// the last query result.
+async fn sync_until(
+    client: &Path,
+    server: &str,
+    token: &str,
+    db: &str,
+    query: &str,
+    done: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    let mut rows = String::new();
+    for _ in 0..50 {
+        let c = client.to_path_buf();
+        let (s, t, d) = (server.to_string(), token.to_string(), db.to_string());
+        tokio::task::spawn_blocking(move || {
+            run_client(
+                &c,
+                &["sync", "--server", &s, "--token", &t, "--db", &d, "--once"],
+            )
+        })
+        .await??;
+        rows = run_client(client, &["query", "--db", db, query])?;
+        if done(&rows) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(rows)
+}
+
 async fn demo(
     client: &Path,
     server: &str,
@@ -190,67 +232,51 @@ async fn demo(
     pg: &PgCluster,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let client = client.to_path_buf();
-    let server = server.to_string();
-    let (alice, bob) = (alice.to_string(), bob.to_string());
     let alice_db = dir.join("alice.db").display().to_string();
     let bob_db = dir.join("bob.db").display().to_string();
     let step = |title: &str| println!("── {title}");
-    step("demo 1: alice and bob sync their replicas (each sees only their own rows)");
-    for (name, token, db) in [("alice", &alice, &alice_db), ("bob", &bob, &bob_db)] {
-        let c = client.clone();
-        let (s, t, d) = (server.clone(), token.clone(), db.clone());
-        tokio::task::spawn_blocking(move || {
-            run_client(
-                &c,
-                &["sync", "--server", &s, "--token", &t, "--db", &d, "--once"],
-            )
-        })
-        .await??;
-        let rows = run_client(
-            &client,
-            &[
-                "query",
-                "--db",
-                db,
-                "SELECT id, title, done FROM todos ORDER BY id",
-            ],
-        )?;
+    const TODOS: &str = "SELECT id, list_id, title, done FROM todos ORDER BY id";
+    step("demo 1: alice and bob sync their replicas (each sees only their own lists)");
+    for (name, token, db) in [("alice", alice, &alice_db), ("bob", bob, &bob_db)] {
+        let rows = sync_until(client, server, token, db, TODOS, |_| true).await?;
         println!("{name}'s todos:\n{}", indent(&rows));
     }
     step("demo 2: a change in Postgres reaches alice's replica");
     pg.psql(DATABASE, "INSERT INTO todos (list_id, owner, title) VALUES (1, 'alice', 'Written in Postgres just now')")?;
-    let target = pg.psql(DATABASE, "SELECT pg_current_wal_lsn()")?;
-    let target: outpost::lsn::Lsn = target.trim().parse()?;
-    let mut rows = String::new();
-    for _ in 0..50 {
-        let c = client.clone();
-        let (s, t, d) = (server.clone(), alice.clone(), alice_db.clone());
-        tokio::task::spawn_blocking(move || {
-            run_client(
-                &c,
-                &["sync", "--server", &s, "--token", &t, "--db", &d, "--once"],
-            )
-        })
-        .await??;
-        rows = run_client(
-            &client,
-            &[
-                "query",
-                "--db",
-                &alice_db,
-                "SELECT id, title FROM todos ORDER BY id",
-            ],
-        )?;
-        let status = run_client(&client, &["status", "--db", &alice_db])?;
-        if rows.contains("Written in Postgres just now") || status.contains(&target.to_string()) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let rows = sync_until(client, server, alice, &alice_db, TODOS, |r| {
+        r.contains("Written in Postgres just now")
+    })
+    .await?;
     println!("alice's todos now:\n{}", indent(&rows));
     if !rows.contains("Written in Postgres just now") {
         bail!("the new row did not reach alice's replica");
+    }
+    step("demo 3: alice shares her Groceries list with bob");
+    let share = "INSERT INTO list_members (list_id, user_id) VALUES (1, 'bob')";
+    println!("   psql: {share}");
+    pg.psql(DATABASE, share)?;
+    const SHARED: &str = "SELECT l.name AS list, t.title, count(c.id) AS comments \
+         FROM lists l JOIN todos t ON t.list_id = l.id LEFT JOIN comments c ON c.todo_id = t.id \
+         GROUP BY l.name, t.id, t.title ORDER BY t.id";
+    let rows = sync_until(client, server, bob, &bob_db, SHARED, |r| {
+        r.contains("Groceries")
+    })
+    .await?;
+    println!("bob's lists, todos and comments now:\n{}", indent(&rows));
+    if !rows.contains("Groceries") {
+        bail!("the shared list did not reach bob's replica");
+    }
+    step("demo 4: alice stops sharing it; its rows leave bob's replica");
+    let revoke = "DELETE FROM list_members WHERE list_id = 1 AND user_id = 'bob'";
+    println!("   psql: {revoke}");
+    pg.psql(DATABASE, revoke)?;
+    let rows = sync_until(client, server, bob, &bob_db, SHARED, |r| {
+        !r.contains("Groceries")
+    })
+    .await?;
+    println!("bob's lists, todos and comments now:\n{}", indent(&rows));
+    if rows.contains("Groceries") {
+        bail!("the revoked list is still in bob's replica");
     }
     Ok(())
 }

@@ -9,9 +9,10 @@ use crate::auth::{AuthError, Authenticator};
 use crate::config::ServiceConfig;
 use crate::ingest::spawn_writer;
 use crate::replicator::{self, ReplicatorConfig, ReplicatorError};
-use crate::schema::{self, Catalog, CompiledSchema, SchemaErrors};
+use crate::schema::{self, Catalog, CompiledSchema, ResolveError, SchemaErrors, WriteRules};
 use crate::server::{self, ServeError, SyncContext};
 use crate::store::{self, ReaderPool, StoreError, StoreWriter};
+use crate::writes::{Applier, ApplierConfig, WriteError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,11 +52,43 @@ pub enum ServiceError {
     Panicked(String),
     #[error("store writer: {0}")]
     Writer(#[from] crate::ingest::IngestError),
+    #[error("writes: {0}")]
+    Writes(#[from] WriteError),
 }
+
+/// Postgres connections applying client writes at once.
+const WRITE_CONNECTIONS: usize = 4;
 
 /// Loads the schema files and compiles them against the live catalog: what
 /// `outpost check` runs, and the first step of `outpost serve`.
 pub async fn compile_schema(cfg: &ServiceConfig) -> Result<CompiledSchema, ServiceError> {
+    compile_schema_and_rules(cfg)
+        .await
+        .map(|(schema, _rules)| schema)
+}
+
+/// Shapes and write rules checked together, so that every problem of the
+/// schema files is reported at once.
+fn combine(
+    compiled: Result<CompiledSchema, SchemaErrors>,
+    rules: Result<WriteRules, ResolveError>,
+) -> Result<(CompiledSchema, WriteRules), ServiceError> {
+    match (compiled, rules) {
+        (Ok(schema), Ok(rules)) => Ok((schema, rules)),
+        (_, Err(ResolveError::Query(e))) => Err(ServiceError::Catalog(e.to_string())),
+        (Err(a), Err(ResolveError::Schema(b))) => {
+            Err(SchemaErrors::normalized(a.0.into_iter().chain(b.0).collect()).into())
+        }
+        (Err(a), Ok(_)) => Err(a.into()),
+        (Ok(_), Err(ResolveError::Schema(b))) => Err(b.into()),
+    }
+}
+
+/// [`compile_schema`], plus the write rules of the schema files with their
+/// table functions looked up in the database.
+pub async fn compile_schema_and_rules(
+    cfg: &ServiceConfig,
+) -> Result<(CompiledSchema, WriteRules), ServiceError> {
     let source = schema::load_dir(&cfg.schema_dir)?;
     let pg: tokio_postgres::Config = cfg
         .database_url
@@ -69,9 +102,22 @@ pub async fn compile_schema(cfg: &ServiceConfig) -> Result<CompiledSchema, Servi
     let catalog = Catalog::load(&client, &source.tables())
         .await
         .map_err(|e| ServiceError::Catalog(e.to_string()));
+    let result = match catalog {
+        Ok(catalog) => {
+            let compiled = schema::compile(&source, &catalog);
+            let rules = match schema::compile_rules(&source, &catalog) {
+                Ok(mut rules) => schema::resolve_functions(&mut rules, &client)
+                    .await
+                    .map(|()| rules),
+                Err(e) => Err(ResolveError::Schema(e)),
+            };
+            combine(compiled, rules)
+        }
+        Err(e) => Err(e),
+    };
     drop(client);
     let _ = task.await;
-    Ok(schema::compile(&source, &catalog?)?)
+    result
 }
 
 /// A started service.
@@ -116,7 +162,8 @@ impl RunningService {
 
 /// Starts the service: returns once it listens.
 pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
-    let schema = Arc::new(compile_schema(&cfg).await?);
+    let (schema, rules) = compile_schema_and_rules(&cfg).await?;
+    let schema = Arc::new(schema);
     tracing::info!(tables = schema.tables.len(), shapes = schema.shapes.len(), version = %schema.version, "schema compiled");
     let auth = Arc::new(Authenticator::new(&cfg.auth)?);
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServiceError::DataDir {
@@ -138,6 +185,21 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
             source,
         })?;
 
+    let writes = if rules.tables.is_empty() {
+        tracing::info!("no write rules: the service accepts no writes");
+        None
+    } else {
+        let applier_cfg = ApplierConfig {
+            pg: cfg
+                .database_url
+                .parse()
+                .map_err(ServiceError::DatabaseUrl)?,
+            connections: WRITE_CONNECTIONS,
+            publication: Some(cfg.publication.clone()),
+        };
+        Some(Arc::new(Applier::start(applier_cfg, &schema, rules).await?))
+    };
+
     let handle = spawn_writer(writer, schema.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ctx = Arc::new(SyncContext {
@@ -147,6 +209,7 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
         progress: handle.progress.clone(),
         keepalive: Duration::from_secs(cfg.keepalive_secs.max(1)),
         batch_ops: 1000,
+        writes,
     });
     let rcfg = ReplicatorConfig {
         pg: cfg

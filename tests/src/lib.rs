@@ -12,24 +12,42 @@
 //! - [`ServiceProcess`]: the `outpost` binary as a child process that can be
 //!   killed with SIGKILL and started again on the same port and data directory.
 //! - [`BackgroundClient`]: a long-running client session.
+//! - [`TcpProxy`]: a TCP proxy between clients and the service whose
+//!   connections can be cut and restored.
+//! - [`check_events`]: checks a client's events for checkpoints that go back
+//!   or apply rows twice, and for checksum mismatches.
+//! - [`test_seed`]: the seed of a randomized test (`OUTPOST_TEST_SEED` replays).
+//! - [`HoldProxy`]: a TCP proxy that keeps back what the service sends, then
+//!   resets every connection: replies lost after their request arrived.
+//! - [`writer`]: local writes through the capturing connection, the replica's
+//!   outbox, pending groups and rejections, the service's ledger, and
+//!   [`wait_settled`].
 //!
 //! Invariant: everything a test starts is torn down when the value that owns
 //! it drops (clusters stopped and removed, child processes killed, client
 //! sessions aborted, temporary directories deleted), even when a test panics.
 
 mod client;
+mod events;
+mod hold_proxy;
 mod oracle;
 mod process;
+mod proxy;
 mod replica;
 mod testdb;
 mod wait;
+pub mod writer;
 
 pub use client::{BackgroundClient, sync_once};
+pub use events::{EventCounts, check_events};
+pub use hold_proxy::HoldProxy;
 pub use oracle::{KeyPart, Oracle, Rows, ShapeQuery, diff_rows, show_value};
 pub use process::{ServiceProcess, free_port, outpost_binary};
+pub use proxy::TcpProxy;
 pub use replica::{ReplicaState, read_replica, replica_rows};
 pub use testdb::TestDb;
 pub use wait::{Advance, Synced, wait_for_replica};
+pub use writer::{wait_settled, write_local, write_local_async};
 
 /// Installs a `tracing` subscriber that writes to the test output (once per
 /// test binary); `RUST_LOG` overrides the default filter.
@@ -41,6 +59,19 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// The seed of a randomized test: `OUTPOST_TEST_SEED` when set (to replay a
+/// failure), otherwise a random one. It is printed, so every failing run can
+/// be replayed.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("OUTPOST_TEST_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: seed {seed} (replay with OUTPOST_TEST_SEED={seed})");
+    tracing::info!(test, seed, "test seed");
+    seed
 }
 
 /// Parses an LSN as Postgres prints it (`16/B374D848`).

@@ -293,42 +293,22 @@ impl Oracle {
     /// The shape's rows as Postgres computes them, as wire values.
     pub async fn rows(&self, shape: &ShapeQuery) -> anyhow::Result<Rows> {
         let client = self.session().await?;
-        let mut sql = format!(
-            "SELECT {} FROM {}",
-            shape.select_list(),
-            quote_ident(&shape.table)
-        );
-        if let Some(filter) = &shape.filter {
-            let _ = write!(sql, " WHERE {filter}");
+        rows_in(&client, shape).await
+    }
+
+    /// Several shapes' rows, read in one session from one snapshot
+    /// (`REPEATABLE READ`), so they describe the same database state.
+    pub async fn rows_many(&self, shapes: &[ShapeQuery]) -> anyhow::Result<Vec<Rows>> {
+        let client = self.session().await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let mut out = Vec::with_capacity(shapes.len());
+        for shape in shapes {
+            out.push(rows_in(&client, shape).await?);
         }
-        let statement = client
-            .prepare(&sql)
-            .await
-            .with_context(|| format!("preparing the oracle query {sql}"))?;
-        let mut kinds = Vec::new();
-        for column in statement.columns() {
-            let kind = kind_of(&client, column.type_().oid())
-                .await
-                .with_context(|| format!("the type of column {}", column.name()))?;
-            kinds.push(kind);
-        }
-        let mut rows = Vec::new();
-        for message in client.simple_query(&sql).await? {
-            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
-                let mut values = Vec::with_capacity(kinds.len());
-                for (i, kind) in kinds.iter().enumerate() {
-                    let value = match row.try_get(i)? {
-                        None => outpost::pgtypes::null_value(),
-                        Some(text) => to_value(kind, text).with_context(|| {
-                            format!("converting column {} of {}", shape.columns[i], shape.table)
-                        })?,
-                    };
-                    values.push(value);
-                }
-                rows.push(values);
-            }
-        }
-        shape.rows_from(rows)
+        client.batch_execute("COMMIT").await?;
+        Ok(out)
     }
 
     /// The number of rows in `table`.
@@ -380,4 +360,44 @@ fn wrap_arrays(mut kind: TypeKind, arrays: usize) -> TypeKind {
         kind = TypeKind::Array(Box::new(kind));
     }
     kind
+}
+
+/// A shape's rows read on `client`, as wire values.
+async fn rows_in(client: &tokio_postgres::Client, shape: &ShapeQuery) -> anyhow::Result<Rows> {
+    let mut sql = format!(
+        "SELECT {} FROM {}",
+        shape.select_list(),
+        quote_ident(&shape.table)
+    );
+    if let Some(filter) = &shape.filter {
+        let _ = write!(sql, " WHERE {filter}");
+    }
+    let statement = client
+        .prepare(&sql)
+        .await
+        .with_context(|| format!("preparing the oracle query {sql}"))?;
+    let mut kinds = Vec::new();
+    for column in statement.columns() {
+        let kind = kind_of(client, column.type_().oid())
+            .await
+            .with_context(|| format!("the type of column {}", column.name()))?;
+        kinds.push(kind);
+    }
+    let mut rows = Vec::new();
+    for message in client.simple_query(&sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+            let mut values = Vec::with_capacity(kinds.len());
+            for (i, kind) in kinds.iter().enumerate() {
+                let value = match row.try_get(i)? {
+                    None => outpost::pgtypes::null_value(),
+                    Some(text) => to_value(kind, text).with_context(|| {
+                        format!("converting column {} of {}", shape.columns[i], shape.table)
+                    })?,
+                };
+                values.push(value);
+            }
+            rows.push(values);
+        }
+    }
+    shape.rows_from(rows)
 }

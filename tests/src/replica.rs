@@ -27,6 +27,40 @@ impl ReplicaState {
     pub fn lsn(&self) -> u64 {
         self.checkpoint.as_ref().map_or(0, |c| c.lsn)
     }
+
+    /// Reads the checkpoint and several shapes' rows of the replica at `path`
+    /// in one read transaction (one state of the replica). A missing file or
+    /// table reads as "no checkpoint" / no rows.
+    pub fn read_tables(
+        path: &Path,
+        shapes: &[ShapeQuery],
+    ) -> anyhow::Result<(Option<CheckpointState>, Vec<Rows>)> {
+        let replica = match Replica::open_read_only(path) {
+            Ok(r) => r,
+            Err(ClientError::NotAReplica { .. }) => {
+                let empty = shapes
+                    .iter()
+                    .map(|s| s.rows_from(Vec::new()))
+                    .collect::<anyhow::Result<_>>()?;
+                return Ok((None, empty));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("opening replica {}", path.display()));
+            }
+        };
+        let conn = replica.connection();
+        conn.execute_batch("BEGIN")?;
+        let result = (|| -> anyhow::Result<(Option<CheckpointState>, Vec<Rows>)> {
+            let checkpoint = replica.checkpoint()?;
+            let mut all = Vec::with_capacity(shapes.len());
+            for shape in shapes {
+                all.push(shape.rows_from(table_rows(conn, shape)?)?);
+            }
+            Ok((checkpoint, all))
+        })();
+        let _ = conn.execute_batch("COMMIT");
+        result
+    }
 }
 
 /// Maps a SQLite value onto the wire value it stores.

@@ -111,6 +111,7 @@ impl TestDb {
             publication: self.publication.clone(),
             create_publication: true,
             keepalive_secs: 2,
+            limits: Default::default(),
             auth: AuthConfig {
                 hs256_secret: Some(self.secret.clone()),
                 ..Default::default()

@@ -12,16 +12,23 @@
 //!   sends them again from zero on the next connection;
 //! - bucket checksums are maintained incrementally from the `_outpost_rows`
 //!   hashes: a PUT subtracts the row's previous hash (if the bucket held it) and
-//!   adds the new one; a REMOVE subtracts it. Nothing else is re-read.
+//!   adds the new one; a REMOVE subtracts it. Nothing else is re-read;
+//! - data for a row with local changes updates its kept server values; before
+//!   the commit such rows are rebuilt (server values, then the pending ops), so
+//!   no reader ever sees a local change disappear and come back. A checkpoint
+//!   resolves the applied groups whose commit LSN it reached.
 
 use super::key::parse_key;
+use super::local::{shadow_gone, shadow_put};
 use super::schema::TableDef;
-use super::{BucketAcc, CheckpointState, Pending, Replica};
+use super::values::Sql;
+use super::{BucketAcc, CheckpointState, Pending, Replica, WriteOutcome};
 use crate::ClientError;
-use outpost_proto::v1::{BucketReset, Checkpoint, DataBatch, Schema, Value, row_op, value::Kind};
+use outpost_proto::v1::{
+    BucketReset, Checkpoint, DataBatch, GroupResult, Schema, Value, row_op, value::Kind,
+};
 use outpost_proto::{bucket_checksum_add, bucket_checksum_sub, key_string, row_hash};
-use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OptionalExtension, ToSql};
+use rusqlite::{Connection, OptionalExtension};
 use std::collections::HashMap;
 
 /// How a checkpoint ended.
@@ -47,21 +54,6 @@ pub(crate) struct BucketMismatch {
     pub(crate) count: u64,
 }
 
-/// Binds a wire value as an SQLite value without copying it.
-struct Sql<'a>(&'a Value);
-
-impl ToSql for Sql<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match &self.0.kind {
-            None | Some(Kind::Null(_)) => ValueRef::Null,
-            Some(Kind::Integer(i)) => ValueRef::Integer(*i),
-            Some(Kind::Real(r)) => ValueRef::Real(*r),
-            Some(Kind::Text(t)) => ValueRef::Text(t.as_bytes()),
-            Some(Kind::Blob(b)) => ValueRef::Blob(b),
-        }))
-    }
-}
-
 /// Whether two wire values are the same value (reals compared bit for bit,
 /// so that NaN equals itself as it does in row hashes).
 fn same_value(a: &Value, b: &Value) -> bool {
@@ -81,9 +73,11 @@ const DELETE_ROW: &str =
     "DELETE FROM _outpost_rows WHERE bucket = ?1 AND tbl = ?2 AND key = ?3 RETURNING hash";
 const HELD: &str = "SELECT 1 FROM _outpost_rows WHERE tbl = ?1 AND key = ?2 LIMIT 1";
 
-/// Deletes a typed row by key unless some bucket still holds it.
+/// Deletes a typed row by key unless some bucket still holds it (the server
+/// no longer gives the row to this user).
 fn release_row(
     conn: &Connection,
+    pending: &mut Pending,
     table: &TableDef,
     key_str: &str,
     key: &[Value],
@@ -99,21 +93,32 @@ fn release_row(
             delete.raw_bind_parameter(i + 1, Sql(v))?;
         }
         delete.raw_execute()?;
+        shadow_gone(conn, pending, &table.name, key_str)?;
     }
     Ok(())
 }
 
 impl Replica {
     /// Opens the transaction if none is open.
-    fn begin(&mut self) -> Result<(), ClientError> {
+    pub(super) fn begin(&mut self) -> Result<(), ClientError> {
         if self.pending.is_none() {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            self.pending = Some(Pending::default());
+            let shadow = self
+                .conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM _outpost_shadow)")?
+                .query_row([], |r| r.get(0))
+                .inspect_err(|_| {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                })?;
+            self.pending = Some(Pending {
+                shadow,
+                ..Pending::default()
+            });
         }
         Ok(())
     }
 
-    fn pending_mut(&mut self) -> &mut Pending {
+    pub(super) fn pending_mut(&mut self) -> &mut Pending {
         self.pending.get_or_insert_with(Pending::default)
     }
 
@@ -229,6 +234,7 @@ impl Replica {
                             ))?;
                         }
                         acc.checksum = bucket_checksum_add(acc.checksum, hash);
+                        shadow_put(conn, pending, table, &key, &op.values)?;
                     }
                     Ok(row_op::Kind::Remove) => {
                         let old: Option<i64> = conn
@@ -238,7 +244,7 @@ impl Replica {
                         if let Some(old) = old {
                             acc.checksum = bucket_checksum_sub(acc.checksum, old as u64);
                             acc.count = acc.count.saturating_sub(1);
-                            release_row(conn, table, &key, &op.key)?;
+                            release_row(conn, pending, table, &key, &op.key)?;
                         }
                     }
                     _ => {
@@ -284,7 +290,8 @@ impl Replica {
                     "_outpost_rows holds an unreadable key {key_str:?} for table {tbl:?}"
                 ))
             })?;
-            release_row(&self.conn, table, key_str, &key)?;
+            let pending = self.pending.get_or_insert_with(Pending::default);
+            release_row(&self.conn, pending, table, key_str, &key)?;
         }
         self.buckets.remove(bucket);
         let pending = self.pending_mut();
@@ -295,10 +302,24 @@ impl Replica {
     }
 
     /// Verifies a checkpoint and commits everything pending, or rolls back.
+    #[cfg(test)]
     pub(crate) fn apply_checkpoint(
         &mut self,
         checkpoint: &Checkpoint,
     ) -> Result<CheckpointOutcome, ClientError> {
+        self.apply_checkpoint_with(checkpoint, &[])
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// Verifies a checkpoint and commits everything pending with it, or rolls
+    /// back; `answers` (the service's answers to uploaded groups that arrived
+    /// meanwhile) are recorded in the same transaction, or in one of their
+    /// own after a mismatch.
+    pub(crate) fn apply_checkpoint_with(
+        &mut self,
+        checkpoint: &Checkpoint,
+        answers: &[GroupResult],
+    ) -> Result<(CheckpointOutcome, Vec<WriteOutcome>), ClientError> {
         let mismatches: Vec<BucketMismatch> = checkpoint
             .buckets
             .iter()
@@ -320,7 +341,8 @@ impl Replica {
                 self.drop_bucket(&m.bucket)?;
             }
             self.commit()?;
-            return Ok(CheckpointOutcome::Mismatch(mismatches));
+            let outcomes = self.record_results(answers)?;
+            return Ok((CheckpointOutcome::Mismatch(mismatches), outcomes));
         }
         self.begin()?;
         for b in &checkpoint.buckets {
@@ -338,24 +360,39 @@ impl Replica {
                 checkpoint.lsn as i64,
             ),
         )?;
-        let rows = self.pending.as_ref().map_or(0, |p| p.rows);
+        let outcomes = self.record_results(answers)?;
+        // Groups the service applied at or before this state are in it now.
+        let resolved: Vec<(String, String)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "DELETE FROM _outpost_pending WHERE commit_lsn <= ?1 RETURNING tbl, key",
+            )?;
+            let rows = stmt.query_map([checkpoint.lsn as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let pending = self.pending_mut();
+        pending.touched.extend(resolved);
+        let rows = pending.rows;
         self.commit()?;
-        Ok(CheckpointOutcome::Applied {
+        let outcome = CheckpointOutcome::Applied {
             state: CheckpointState {
                 op_id: checkpoint.op_id,
                 lsn: checkpoint.lsn,
                 epoch: checkpoint.epoch.clone(),
             },
             rows,
-        })
+        };
+        Ok((outcome, outcomes))
     }
 
     /// Writes the changed bucket states and commits the open transaction.
-    fn commit(&mut self) -> Result<(), ClientError> {
+    pub(super) fn commit(&mut self) -> Result<(), ClientError> {
         let Some(pending) = self.pending.take() else {
             return Ok(());
         };
         let written = (|| -> Result<(), ClientError> {
+            for (tbl, key) in &pending.touched {
+                self.rebuild_row(tbl, key)?;
+            }
             let mut delete = self
                 .conn
                 .prepare_cached("DELETE FROM _outpost_buckets WHERE bucket = ?1")?;

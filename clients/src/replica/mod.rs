@@ -6,7 +6,18 @@
 //! _outpost_buckets bucket → op_id (cursor), checksum, count
 //! _outpost_rows    (bucket, tbl, key) → hash     which bucket holds which row
 //! _outpost_tables  name → definition (JSON)      the synced tables
+//! _outpost_outbox  local changes not yet answered by the service (one op
+//!                  group per local transaction: txid; seq = its first id)
+//! _outpost_pending ops of groups the service applied, until a checkpoint
+//!                  at or past their commit LSN arrives
+//! _outpost_shadow  (tbl, key) → the server's values of a row with local
+//!                  changes (NULL: the server has no such row)
+//! _outpost_rejections  one row per op of every group the service refused
 //! ```
+//!
+//! What the app sees of a row with local changes is its server values with
+//! its pending ops (`_outpost_pending`, then `_outpost_outbox`, in id order)
+//! applied on top; [`local`] rebuilds it whenever either side changes.
 //!
 //! Invariants:
 //! - downloaded data is applied inside one SQLite transaction that commits only
@@ -16,25 +27,38 @@
 //!   `hash` of its `_outpost_rows`, and `count` their number;
 //! - a row is in its typed table exactly while at least one bucket holds it;
 //! - dropping a `Replica` with data pending rolls that data back (SQLite does
-//!   this when the connection closes inside a transaction).
+//!   this when the connection closes inside a transaction);
+//! - a row has a `_outpost_shadow` entry exactly while it has pending ops, and
+//!   the entry follows what the buckets hold for it;
+//! - the replica's own connection registers `outpost_capture()` as 0: nothing
+//!   it writes is captured as a local change.
 //!
 //! Values are stored as they arrive; SQLite stores a REAL NaN as NULL, which
 //! does not affect checksums because they are computed from the values on the
 //! wire.
 
 mod apply;
+mod capture;
 mod key;
+mod local;
+mod outbox;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod values;
+#[cfg(test)]
+mod write_tests;
 
 pub(crate) use apply::CheckpointOutcome;
+pub(crate) use capture::register as register_functions;
+pub use outbox::{PendingGroup, Rejection, WriteStatus};
+pub(crate) use outbox::{UploadLimits, WriteOutcome};
 
 use crate::ClientError;
 use outpost_proto::v1::BucketCursor;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use schema::TableDef;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +85,56 @@ CREATE INDEX IF NOT EXISTS _outpost_rows_by_row ON _outpost_rows (tbl, key);
 CREATE TABLE IF NOT EXISTS _outpost_tables (
     name TEXT PRIMARY KEY,
     definition TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _outpost_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    txid INTEGER NOT NULL,
+    tbl TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    columns TEXT,
+    before TEXT,
+    hlc INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS _outpost_outbox_by_txid ON _outpost_outbox (txid);
+CREATE INDEX IF NOT EXISTS _outpost_outbox_by_row ON _outpost_outbox (tbl, key);
+DROP TRIGGER IF EXISTS _outpost_outbox_hlc;
+CREATE TRIGGER _outpost_outbox_hlc AFTER INSERT ON _outpost_outbox BEGIN
+    INSERT INTO _outpost_state (key, value) VALUES ('hlc', NEW.hlc)
+        ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), excluded.value);
+END;
+CREATE TABLE IF NOT EXISTS _outpost_pending (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    commit_lsn INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    columns TEXT,
+    before TEXT,
+    hlc INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS _outpost_pending_by_row ON _outpost_pending (tbl, key);
+CREATE INDEX IF NOT EXISTS _outpost_pending_by_lsn ON _outpost_pending (commit_lsn);
+CREATE TABLE IF NOT EXISTS _outpost_shadow (
+    tbl TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data TEXT,
+    PRIMARY KEY (tbl, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _outpost_rejections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER NOT NULL,
+    op INTEGER NOT NULL,
+    op_index INTEGER NOT NULL,
+    tbl TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    reason_code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    attempted TEXT,
+    at TEXT NOT NULL
 );
 ";
 
@@ -114,6 +188,12 @@ pub(crate) struct Pending {
     dropped: HashSet<String>,
     /// Row operations applied in this transaction.
     rows: u64,
+    /// Whether `_outpost_shadow` had entries when the transaction began
+    /// (only then can incoming data touch rows with local changes).
+    shadow: bool,
+    /// Rows with local changes whose server values or pending ops changed:
+    /// rebuilt before the commit.
+    touched: BTreeSet<(String, String)>,
 }
 
 /// A replica file, opened for syncing or for reading.
@@ -139,6 +219,61 @@ impl std::fmt::Debug for Replica {
     }
 }
 
+/// Opens (creating if needed) a replica file: WAL mode, the capture functions
+/// (`capture` says whether writes through this connection are recorded), the
+/// `_outpost_` tables, and a client id on first use.
+pub(crate) fn open_file(
+    path: &Path,
+    capture: bool,
+    busy_timeout: Duration,
+) -> Result<(Connection, String), ClientError> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(busy_timeout)?;
+    capture::register(&mut conn, capture)?;
+
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), %mode, "the replica could not switch to WAL mode");
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;
+         PRAGMA journal_size_limit = 67108864;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(256);
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let created = conn.execute_batch(INTERNAL_TABLES).and_then(|()| {
+        let id: Option<String> = conn
+            .query_row(
+                "SELECT value FROM _outpost_state WHERE key = 'client_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            Some(id) => Ok(id),
+            None => {
+                let id = format!("{:032x}", rand::random::<u128>());
+                conn.execute(
+                    "INSERT INTO _outpost_state (key, value) VALUES ('client_id', ?1)",
+                    [&id],
+                )?;
+                Ok(id)
+            }
+        }
+    });
+    let client_id = match created {
+        Ok(id) => {
+            conn.execute_batch("COMMIT")?;
+            id
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    };
+    Ok((conn, client_id))
+}
+
 /// Reads an unsigned value stored as SQLite's signed 64-bit integer.
 fn get_u64(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<u64> {
     row.get::<_, i64>(idx).map(|v| v as u64)
@@ -146,50 +281,10 @@ fn get_u64(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<u64> {
 
 impl Replica {
     /// Opens (creating if needed) the replica at `path` for syncing: WAL mode,
-    /// the `_outpost_` tables, and a client id on first use.
+    /// the `_outpost_` tables, and a client id on first use. Its connection
+    /// does not capture writes; apps write through [`crate::LocalDb`].
     pub fn open(path: &Path) -> Result<Self, ClientError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(path = %path.display(), %mode, "the replica could not switch to WAL mode");
-        }
-        conn.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;
-             PRAGMA journal_size_limit = 67108864;",
-        )?;
-        conn.set_prepared_statement_cache_capacity(256);
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let created = conn.execute_batch(INTERNAL_TABLES).and_then(|()| {
-            let id: Option<String> = conn
-                .query_row(
-                    "SELECT value FROM _outpost_state WHERE key = 'client_id'",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            match id {
-                Some(id) => Ok(id),
-                None => {
-                    let id = format!("{:032x}", rand::random::<u128>());
-                    conn.execute(
-                        "INSERT INTO _outpost_state (key, value) VALUES ('client_id', ?1)",
-                        [&id],
-                    )?;
-                    Ok(id)
-                }
-            }
-        });
-        let client_id = match created {
-            Ok(id) => {
-                conn.execute_batch("COMMIT")?;
-                id
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e.into());
-            }
-        };
+        let (conn, client_id) = open_file(path, false, Duration::from_secs(10))?;
         let mut replica = Replica {
             conn,
             path: path.to_path_buf(),
@@ -211,11 +306,13 @@ impl Replica {
                 reason: "the file does not exist".into(),
             });
         }
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
+        // Statements on synced tables compile their triggers, which call these.
+        capture::register(&mut conn, false)?;
         let tables: i64 = conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN
              ('_outpost_state', '_outpost_buckets', '_outpost_rows', '_outpost_tables')",
@@ -248,7 +345,9 @@ impl Replica {
         Ok(replica)
     }
 
-    /// The SQLite connection, for reading the typed tables.
+    /// The SQLite connection, for reading the typed tables. Writes through it
+    /// are not captured (it is the sync writer's kind of connection): write
+    /// with [`crate::LocalDb`].
     pub fn connection(&self) -> &Connection {
         &self.conn
     }

@@ -10,8 +10,11 @@
 //! - a schema change may add columns (`ALTER TABLE … ADD COLUMN`); a change of
 //!   primary key is refused, because the rows already held could not be matched;
 //! - definitions are stored in `_outpost_tables`, so a table whose shape is no
-//!   longer requested can still have its rows removed.
+//!   longer requested can still have its rows removed;
+//! - every synced table carries the capture triggers of [`super::capture`]
+//!   for its current columns.
 
+use super::capture;
 use crate::ClientError;
 use outpost_proto::v1::TableSchema;
 use rusqlite::Connection;
@@ -27,6 +30,16 @@ pub(crate) struct ColumnDef {
     /// INTEGER, REAL, TEXT or BLOB.
     pub(crate) sqlite_type: String,
     pub(crate) nullable: bool,
+    /// How the service merges local writes to the column (`lww`, `counter`, …).
+    #[serde(default)]
+    pub(crate) merge: String,
+}
+
+impl ColumnDef {
+    /// Whether local writes travel as deltas.
+    pub(crate) fn is_counter(&self) -> bool {
+        self.merge.eq_ignore_ascii_case("counter")
+    }
 }
 
 /// What `_outpost_tables.definition` holds, as JSON.
@@ -70,6 +83,7 @@ impl TableDef {
                 pg_type: c.pg_type.clone(),
                 sqlite_type: c.sqlite_type.to_ascii_uppercase(),
                 nullable: c.nullable,
+                merge: c.merge.clone(),
             })
             .collect();
         let primary_key = table.primary_key.iter().map(|&i| i as usize).collect();
@@ -153,8 +167,17 @@ impl TableDef {
         )
     }
 
+    /// The column with this name.
+    pub(crate) fn column(&self, name: &str) -> Option<(usize, &ColumnDef)> {
+        self.columns
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == name)
+    }
+
     /// Creates the table, or brings an existing one up to this definition by
-    /// adding the columns it lacks. Runs inside the caller's transaction.
+    /// adding the columns it lacks, and (re)creates its capture triggers.
+    /// Runs inside the caller's transaction.
     pub(crate) fn ensure(&self, conn: &Connection) -> Result<(), ClientError> {
         let existing = existing_columns(conn, &self.name)?;
         if existing.is_empty() {
@@ -196,6 +219,7 @@ impl TableDef {
                 }
             }
         }
+        capture::install_triggers(conn, self)?;
         let stored = StoredDefinition {
             columns: self.columns.clone(),
             primary_key: self.primary_key.clone(),

@@ -4,8 +4,12 @@
 //! loop {
 //!     writer.restart()          roll back anything pending, read cursors + epoch
 //!     connect + Sync(request)   Bearer token, shapes, cursors, epoch, client id
-//!     for each message:         Schema / DataBatch / BucketReset → writer (queued)
+//!     select {
+//!       stream message:         Schema / DataBatch / BucketReset → writer (queued)
 //!                               Checkpoint → writer verifies and commits; wait
+//!       outbox poll / answer:   Write(oldest groups) on the same channel; answers
+//!                               are recorded between checkpoints (see [`upload`])
+//!     }
 //!     on error: definite → return it; transient → backoff, reconnect
 //! }
 //! ```
@@ -18,18 +22,25 @@
 //! exponential backoff and reconnects from the committed cursors. A local
 //! SQLite failure is definite.
 //!
+//! A `Write` call that fails does not end the session: its groups stay in the
+//! outbox and go again, with the same seqs, after a delay of their own
+//! (except a refused token, which ends the sync; with `once`, a service that
+//! refuses writes as a whole ends it too).
+//!
 //! Cancellation: dropping the future at any await point is safe: the writer
-//! thread rolls back whatever was pending (see [`writer`]).
+//! thread rolls back whatever was pending (see [`writer`]), and groups whose
+//! answer was not recorded are sent again by the next run.
 
 mod backoff;
+mod upload;
 mod writer;
 
 use crate::replica::{CheckpointOutcome, CheckpointState};
-use crate::{ClientError, format_lsn};
+use crate::{ClientError, WriteStatus, format_lsn};
 use backoff::Backoff;
 use outpost_proto::v1::sync_client::SyncClient;
 use outpost_proto::v1::sync_response::Message;
-use outpost_proto::v1::{ShapeRequest, SyncRequest};
+use outpost_proto::v1::{GroupResult, ShapeRequest, SyncRequest, SyncResponse};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
@@ -52,7 +63,9 @@ pub struct SyncOptions {
     pub db: PathBuf,
     /// Shapes to sync by name; empty for the schema's default set.
     pub shapes: Vec<String>,
-    /// Return after the first checkpoint is applied instead of syncing forever.
+    /// Return once a checkpoint is applied and every local write has been
+    /// answered and, if applied, brought back by a checkpoint, instead of
+    /// syncing forever.
     pub once: bool,
     /// The first delay before reconnecting.
     pub backoff_initial: Duration,
@@ -60,6 +73,8 @@ pub struct SyncOptions {
     pub backoff_max: Duration,
     /// How long to wait for a TCP connection to the service.
     pub connect_timeout: Duration,
+    /// How often a connected session looks for new local writes to upload.
+    pub outbox_poll_interval: Duration,
 }
 
 impl SyncOptions {
@@ -79,6 +94,7 @@ impl SyncOptions {
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            outbox_poll_interval: Duration::from_millis(200),
         }
     }
 }
@@ -94,6 +110,7 @@ impl std::fmt::Debug for SyncOptions {
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
             .field("connect_timeout", &self.connect_timeout)
+            .field("outbox_poll_interval", &self.outbox_poll_interval)
             .finish()
     }
 }
@@ -137,6 +154,20 @@ pub enum SyncEvent {
         /// Why the stream ended.
         error: String,
     },
+    /// The service answered an uploaded op group.
+    WriteResult {
+        /// The group's sequence number.
+        seq: u64,
+        /// Applied, duplicate or rejected.
+        status: WriteStatus,
+        /// For a rejection: `reason_code: message`.
+        reason: Option<String>,
+    },
+    /// A `Write` call failed; its groups are sent again after a delay.
+    WriteFailed {
+        /// Why the call failed.
+        error: String,
+    },
 }
 
 /// The result of [`sync`].
@@ -148,10 +179,15 @@ pub struct SyncSummary {
     pub rows_received: u64,
     /// The last checkpoint applied.
     pub last: Option<CheckpointState>,
+    /// Local op groups the service applied (or had applied before).
+    pub groups_uploaded: u64,
+    /// Local op groups the service refused.
+    pub groups_rejected: u64,
 }
 
-/// Syncs the replica; returns after the first checkpoint when `once` is set,
-/// otherwise runs until a definite error.
+/// Syncs the replica and uploads its local writes; with `once`, returns when
+/// the replica has caught up both ways (see [`SyncOptions::once`]), otherwise
+/// runs until a definite error.
 pub async fn sync(opts: SyncOptions) -> Result<SyncSummary, ClientError> {
     // The receiver is dropped at once, so events are discarded, not queued.
     let (events, _) = tokio::sync::mpsc::unbounded_channel();
@@ -174,6 +210,11 @@ pub async fn sync_with_events(
         events: &events,
         summary: SyncSummary::default(),
         backoff: Backoff::new(opts.backoff_initial, opts.backoff_max),
+        upload_backoff: Backoff::new(opts.backoff_initial, opts.backoff_max),
+        upload_retry_at: None,
+        upload_single: false,
+        in_flight: Vec::new(),
+        answers: Vec::new(),
     };
     let result = run.run().await;
     let summary = run.summary;
@@ -264,6 +305,30 @@ struct Run<'a> {
     summary: SyncSummary,
     /// Reset by each applied checkpoint, so only consecutive failures back off.
     backoff: Backoff,
+    /// Delays between failed `Write` calls; reset by an answered one.
+    upload_backoff: Backoff,
+    /// No upload before this instant (after a failed `Write`).
+    upload_retry_at: Option<tokio::time::Instant>,
+    /// Send one group per `Write` call (to isolate a group the service
+    /// refuses as a request).
+    upload_single: bool,
+    /// The seqs of the last `Write` call started.
+    in_flight: Vec<u64>,
+    /// Answers received while a checkpoint's data was being applied; recorded
+    /// once it is committed (or rolled back).
+    answers: Vec<GroupResult>,
+}
+
+/// Where one stream is between checkpoints.
+#[derive(Debug, Default)]
+struct StreamState {
+    /// Row operations received since the last applied checkpoint.
+    rows_pending: u64,
+    /// Data or resets were applied since the last checkpoint: the replica
+    /// holds an open transaction.
+    in_checkpoint: bool,
+    /// A checkpoint was applied on this stream.
+    checkpointed: bool,
 }
 
 impl Run<'_> {
@@ -294,6 +359,9 @@ impl Run<'_> {
     /// One connection: returns `Ok` only when `once` is satisfied.
     async fn session(&mut self) -> Result<(), Stop> {
         let state = self.writer.restart().await?;
+        // Answers held back by a session that ended inside a checkpoint.
+        self.record_answers().await?;
+        self.upload_single = false;
         let channel = self.endpoint.connect().await.map_err(|e| {
             Stop::Retry(format!(
                 "cannot connect to {}: {}",
@@ -301,13 +369,19 @@ impl Run<'_> {
                 error_chain(&e)
             ))
         })?;
-        let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client = SyncClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let client_id = state.client_id.clone();
         let mut request = tonic::Request::new(SyncRequest {
             shapes: self
                 .opts
                 .shapes
                 .iter()
-                .map(|name| ShapeRequest { name: name.clone() })
+                .map(|name| ShapeRequest {
+                    name: name.clone(),
+                    ..ShapeRequest::default()
+                })
                 .collect(),
             cursors: state.cursors,
             epoch: state.epoch,
@@ -320,77 +394,136 @@ impl Run<'_> {
         tracing::info!(server = %self.opts.server, "sync stream open");
         self.emit(SyncEvent::Connected);
 
-        let mut rows_pending = 0u64;
+        let mut stream_state = StreamState::default();
+        let mut upload: Option<upload::InFlight> = None;
+        let mut poll = tokio::time::interval(self.opts.outbox_poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let Some(response) = stream.message().await.map_err(classify)? else {
-                return Err(Stop::Retry("the service closed the stream".into()));
-            };
-            let Some(message) = response.message else {
-                tracing::debug!("ignoring an empty or unknown message from the service");
-                continue;
-            };
-            match message {
-                Message::Schema(schema) => {
-                    tracing::debug!(version = %schema.version, tables = schema.tables.len(), "schema");
-                    self.writer.schema(schema).await?;
-                }
-                Message::Data(batch) => {
-                    let rows = batch.ops.len() as u64;
-                    self.summary.rows_received += rows;
-                    rows_pending += rows;
-                    self.writer.data(batch).await?;
-                    self.emit(SyncEvent::Progress { rows_pending });
-                }
-                Message::Reset(reset) => {
-                    tracing::info!(bucket = %reset.bucket, removed = reset.removed, reason = %reset.reason, "bucket reset");
-                    self.emit(SyncEvent::BucketReset {
-                        bucket: reset.bucket.clone(),
-                        removed: reset.removed,
-                        reason: reset.reason.clone(),
-                    });
-                    self.writer.reset(reset).await?;
-                }
-                Message::Checkpoint(checkpoint) => {
-                    match self.writer.checkpoint(checkpoint).await? {
-                        CheckpointOutcome::Applied { state, rows } => {
-                            tracing::debug!(op_id = state.op_id, lsn = %format_lsn(state.lsn), rows, "checkpoint applied");
-                            self.summary.checkpoints += 1;
-                            self.backoff.reset();
-                            rows_pending = 0;
-                            self.emit(SyncEvent::Checkpoint {
-                                op_id: state.op_id,
-                                lsn: state.lsn,
-                                rows_applied: rows,
-                            });
-                            self.summary.last = Some(state);
-                            if self.opts.once {
-                                return Ok(());
-                            }
-                        }
-                        CheckpointOutcome::Mismatch(mismatches) => {
-                            let mut names = Vec::new();
-                            for m in mismatches {
-                                tracing::warn!(
-                                    bucket = %m.bucket,
-                                    expected_checksum = m.expected_checksum,
-                                    expected_count = m.expected_count,
-                                    checksum = m.checksum,
-                                    count = m.count,
-                                    "bucket checksum mismatch; dropping the bucket to download it again"
-                                );
-                                self.emit(SyncEvent::ChecksumMismatch {
-                                    bucket: m.bucket.clone(),
-                                });
-                                names.push(m.bucket);
-                            }
-                            return Err(Stop::Retry(format!(
-                                "checksum mismatch in {}",
-                                names.join(", ")
-                            )));
+            tokio::select! {
+                message = stream.message() => {
+                    let Some(response) = message.map_err(classify)? else {
+                        return Err(Stop::Retry("the service closed the stream".into()));
+                    };
+                    if self.apply(response, &mut stream_state).await? {
+                        self.record_answers().await?;
+                        if self.caught_up(&stream_state, upload.is_some()).await? {
+                            return Ok(());
                         }
                     }
                 }
-                Message::Keepalive(_) => {}
+                answer = upload::wait(&mut upload) => {
+                    upload = None;
+                    let answered = self.answered(answer)?;
+                    if !stream_state.in_checkpoint {
+                        self.record_answers().await?;
+                    }
+                    if answered && self.answers.is_empty() {
+                        upload = self.start_upload(&client, &client_id).await?;
+                    }
+                    if self.caught_up(&stream_state, upload.is_some()).await? {
+                        return Ok(());
+                    }
+                }
+                _ = poll.tick(), if upload.is_none() && self.answers.is_empty() => {
+                    upload = self.start_upload(&client, &client_id).await?;
+                }
+            }
+        }
+    }
+
+    /// Applies one stream message; returns whether it completed a checkpoint.
+    async fn apply(
+        &mut self,
+        response: SyncResponse,
+        stream_state: &mut StreamState,
+    ) -> Result<bool, Stop> {
+        let Some(message) = response.message else {
+            tracing::debug!("ignoring an empty or unknown message from the service");
+            return Ok(false);
+        };
+        match message {
+            Message::Schema(schema) => {
+                tracing::debug!(version = %schema.version, tables = schema.tables.len(), "schema");
+                self.writer.schema(schema).await?;
+            }
+            Message::Data(batch) => {
+                let rows = batch.ops.len() as u64;
+                self.summary.rows_received += rows;
+                stream_state.rows_pending += rows;
+                stream_state.in_checkpoint = true;
+                self.writer.data(batch).await?;
+                self.emit(SyncEvent::Progress {
+                    rows_pending: stream_state.rows_pending,
+                });
+            }
+            Message::Reset(reset) => {
+                tracing::info!(bucket = %reset.bucket, removed = reset.removed, reason = %reset.reason, "bucket reset");
+                self.emit(SyncEvent::BucketReset {
+                    bucket: reset.bucket.clone(),
+                    removed: reset.removed,
+                    reason: reset.reason.clone(),
+                });
+                stream_state.in_checkpoint = true;
+                self.writer.reset(reset).await?;
+            }
+            Message::Checkpoint(checkpoint) => {
+                // Answers that came during the checkpoint's data are recorded
+                // in its transaction; kept here until it commits.
+                let (outcome, recorded) = self
+                    .writer
+                    .checkpoint(checkpoint, self.answers.clone())
+                    .await?;
+                self.answers.clear();
+                self.report(recorded);
+                return self.checkpointed(outcome, stream_state);
+            }
+            Message::Keepalive(_) => {}
+        }
+        Ok(false)
+    }
+
+    /// Reports a checkpoint's outcome; `Ok(true)` when it was applied.
+    fn checkpointed(
+        &mut self,
+        outcome: CheckpointOutcome,
+        stream_state: &mut StreamState,
+    ) -> Result<bool, Stop> {
+        match outcome {
+            CheckpointOutcome::Applied { state, rows } => {
+                tracing::debug!(op_id = state.op_id, lsn = %format_lsn(state.lsn), rows, "checkpoint applied");
+                self.summary.checkpoints += 1;
+                self.backoff.reset();
+                stream_state.rows_pending = 0;
+                stream_state.in_checkpoint = false;
+                stream_state.checkpointed = true;
+                self.emit(SyncEvent::Checkpoint {
+                    op_id: state.op_id,
+                    lsn: state.lsn,
+                    rows_applied: rows,
+                });
+                self.summary.last = Some(state);
+                Ok(true)
+            }
+            CheckpointOutcome::Mismatch(mismatches) => {
+                let mut names = Vec::new();
+                for m in mismatches {
+                    tracing::warn!(
+                        bucket = %m.bucket,
+                        expected_checksum = m.expected_checksum,
+                        expected_count = m.expected_count,
+                        checksum = m.checksum,
+                        count = m.count,
+                        "bucket checksum mismatch; dropping the bucket to download it again"
+                    );
+                    self.emit(SyncEvent::ChecksumMismatch {
+                        bucket: m.bucket.clone(),
+                    });
+                    names.push(m.bucket);
+                }
+                Err(Stop::Retry(format!(
+                    "checksum mismatch in {}",
+                    names.join(", ")
+                )))
             }
         }
     }

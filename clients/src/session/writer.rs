@@ -9,16 +9,32 @@
 //!   `Checkpoint` (or ignored by the `Restart`) that follows;
 //! - when every [`Writer`] handle is dropped (the sync future was dropped), the
 //!   thread drains its queue, drops the replica (rolling back anything pending)
-//!   and exits. Nothing half-applied is ever committed.
+//!   and exits. Nothing half-applied is ever committed;
+//! - the outbox commands (read groups, record answers, count the backlog) run
+//!   in the same order as everything else; answers that arrive during a
+//!   checkpoint's data travel with its `Checkpoint` command and commit with it.
 
 use crate::ClientError;
-use crate::replica::{CheckpointOutcome, Replica};
-use outpost_proto::v1::{BucketCursor, BucketReset, Checkpoint, DataBatch, Schema};
+use crate::replica::{CheckpointOutcome, Replica, UploadLimits, WriteOutcome};
+use outpost_proto::v1::{
+    BucketCursor, BucketReset, Checkpoint, DataBatch, GroupResult, OpGroup, Schema,
+};
 use std::path::PathBuf;
 use tokio::sync::{mpsc, oneshot};
 
 /// Messages queued between the network and the writer thread.
 const QUEUE: usize = 32;
+
+/// What one `Write` request carries at most (a single group larger than this
+/// still goes alone). The service takes at most 1000 groups and 10 000 ops
+/// per request.
+const LIMITS: UploadLimits = UploadLimits {
+    groups: 100,
+    ops: 10_000,
+    bytes: 8 * 1024 * 1024,
+};
+
+type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 
 /// What the session needs to open a stream.
 #[derive(Debug)]
@@ -32,12 +48,20 @@ enum Command {
     Schema(Schema),
     Data(DataBatch),
     Reset(BucketReset),
+    /// A checkpoint, with the answers to uploaded groups to record with it.
     Checkpoint(
         Checkpoint,
-        oneshot::Sender<Result<CheckpointOutcome, ClientError>>,
+        Vec<GroupResult>,
+        Reply<(CheckpointOutcome, Vec<WriteOutcome>)>,
     ),
     /// Rolls back anything pending and answers the committed cursors.
     Restart(oneshot::Sender<Result<RequestState, ClientError>>),
+    /// Reads the oldest op groups of the outbox (only the oldest one if set).
+    Outbox(bool, Reply<Vec<OpGroup>>),
+    /// Records the service's answers to uploaded groups.
+    WriteResults(Vec<GroupResult>, Reply<Vec<WriteOutcome>>),
+    /// Counts the groups in the outbox and those waiting for a checkpoint.
+    Backlog(Reply<(u64, u64)>),
     /// Closes the replica and answers once the file is closed.
     Close(oneshot::Sender<()>),
 }
@@ -88,14 +112,15 @@ impl Writer {
         self.send(Command::Reset(reset)).await
     }
 
-    /// Verifies and commits (or rolls back) everything sent since the last checkpoint.
+    /// Verifies and commits (or rolls back) everything sent since the last
+    /// checkpoint, and records `answers` with it.
     pub(crate) async fn checkpoint(
         &self,
         checkpoint: Checkpoint,
-    ) -> Result<CheckpointOutcome, ClientError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Checkpoint(checkpoint, reply)).await?;
-        answer.await.map_err(|_| gone())?
+        answers: Vec<GroupResult>,
+    ) -> Result<(CheckpointOutcome, Vec<WriteOutcome>), ClientError> {
+        self.ask(|reply| Command::Checkpoint(checkpoint, answers, reply))
+            .await
     }
 
     /// Discards anything pending; returns what to ask the service for.
@@ -103,6 +128,32 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Restart(reply)).await?;
         answer.await.map_err(|_| gone())?
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(command(reply)).await?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// The oldest op groups waiting in the outbox, for one `Write` request
+    /// (only the oldest group when `one`).
+    pub(crate) async fn outbox(&self, one: bool) -> Result<Vec<OpGroup>, ClientError> {
+        self.ask(|reply| Command::Outbox(one, reply)).await
+    }
+
+    /// Records the answers to uploaded groups.
+    pub(crate) async fn write_results(
+        &self,
+        results: Vec<GroupResult>,
+    ) -> Result<Vec<WriteOutcome>, ClientError> {
+        self.ask(|reply| Command::WriteResults(results, reply))
+            .await
+    }
+
+    /// (groups in the outbox, groups waiting for a checkpoint).
+    pub(crate) async fn backlog(&self) -> Result<(u64, u64), ClientError> {
+        self.ask(Command::Backlog).await
     }
 
     /// Closes the replica file and waits until it is closed.
@@ -123,12 +174,14 @@ fn run(mut replica: Replica, mut rx: mpsc::Receiver<Command>) {
             Command::Data(batch) if failed.is_none() => replica.apply_data(&batch).map(|_| ()),
             Command::Reset(reset) if failed.is_none() => replica.apply_reset(&reset),
             Command::Schema(_) | Command::Data(_) | Command::Reset(_) => Ok(()),
-            Command::Checkpoint(checkpoint, reply) => {
+            Command::Checkpoint(checkpoint, answers, reply) => {
                 let outcome = match failed.take() {
                     Some(e) => Err(e),
-                    None => replica.apply_checkpoint(&checkpoint).inspect_err(|_| {
-                        rollback(&mut replica);
-                    }),
+                    None => replica
+                        .apply_checkpoint_with(&checkpoint, &answers)
+                        .inspect_err(|_| {
+                            rollback(&mut replica);
+                        }),
                 };
                 let _ = reply.send(outcome);
                 Ok(())
@@ -144,6 +197,26 @@ fn run(mut replica: Replica, mut rx: mpsc::Receiver<Command>) {
                     })
                 });
                 let _ = reply.send(state);
+                Ok(())
+            }
+            Command::Outbox(one, reply) => {
+                let limits = if one {
+                    UploadLimits {
+                        groups: 1,
+                        ..LIMITS
+                    }
+                } else {
+                    LIMITS
+                };
+                let _ = reply.send(replica.outbox_groups(limits));
+                Ok(())
+            }
+            Command::WriteResults(results, reply) => {
+                let _ = reply.send(replica.record_results(&results));
+                Ok(())
+            }
+            Command::Backlog(reply) => {
+                let _ = reply.send(replica.write_backlog());
                 Ok(())
             }
             Command::Close(reply) => {

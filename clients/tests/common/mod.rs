@@ -1,13 +1,15 @@
 //! A scripted in-process Outpost `Sync` service and message builders for
-//! client tests.
+//! client tests: `Sync` calls play scripted streams (fixed or fed live by the
+//! test), `Write` calls are answered by scripted responders.
 #![allow(dead_code)]
 
 use futures::Stream;
 use outpost_proto::v1::sync_response::Message;
 use outpost_proto::v1::sync_server::{Sync, SyncServer};
 use outpost_proto::v1::{
-    BucketChecksum, Checkpoint, ColumnSchema, DataBatch, Keepalive, RowOp, Schema, SyncRequest,
-    SyncResponse, TableSchema, Value, row_op, value::Kind,
+    BucketChecksum, Checkpoint, ColumnSchema, DataBatch, GroupResult, Keepalive, RowOp, Schema,
+    SyncRequest, SyncResponse, TableSchema, Value, WriteRequest, WriteResponse, group_result,
+    row_op, value::Kind,
 };
 use outpost_proto::{bucket_checksum_add, row_hash};
 use std::collections::VecDeque;
@@ -23,6 +25,34 @@ pub enum Script {
     Send(Vec<SyncResponse>),
     /// Sends these messages, then ends the stream.
     SendAndClose(Vec<SyncResponse>),
+    /// Sends what the test sends on the other end; ends when it is dropped.
+    Live(tokio::sync::mpsc::UnboundedReceiver<SyncResponse>),
+}
+
+/// Answers a `Write` request.
+pub type Responder = Box<dyn FnMut(&WriteRequest) -> Result<WriteResponse, Status> + Send>;
+
+/// What the fake service does on one `Write` call.
+pub enum WriteScript {
+    /// Fails the call with this status.
+    Fail(Status),
+    /// Answers with what the responder returns.
+    Respond(Responder),
+    /// Never answers.
+    Hang,
+}
+
+/// One `Write` call the fake service received.
+#[derive(Debug, Clone)]
+pub struct WriteCall {
+    pub authorization: Option<String>,
+    pub request: WriteRequest,
+}
+
+impl WriteCall {
+    pub fn seqs(&self) -> Vec<u64> {
+        self.request.groups.iter().map(|g| g.seq).collect()
+    }
 }
 
 /// One call the fake service received.
@@ -36,14 +66,38 @@ pub struct Call {
 pub struct Fake {
     scripts: Arc<Mutex<VecDeque<Script>>>,
     calls: Arc<Mutex<Vec<Call>>>,
+    write_scripts: Arc<Mutex<VecDeque<WriteScript>>>,
+    /// Answers `Write` calls once the scripts are used up (else: unimplemented).
+    write_default: Arc<Mutex<Option<Responder>>>,
+    writes: Arc<Mutex<Vec<WriteCall>>>,
 }
 
 impl Fake {
     pub fn new(scripts: Vec<Script>) -> Self {
         Fake {
             scripts: Arc::new(Mutex::new(scripts.into())),
-            calls: Arc::default(),
+            ..Fake::default()
         }
+    }
+    pub fn push_write(&self, script: WriteScript) {
+        self.write_scripts.lock().expect("lock").push_back(script);
+    }
+    /// Answers every further `Write` call (once the scripts are used up).
+    pub fn answer_writes(
+        &self,
+        mut responder: impl FnMut(&WriteRequest) -> WriteResponse + Send + 'static,
+    ) {
+        self.handle_writes(move |request| Ok(responder(request)));
+    }
+    /// Like [`Fake::answer_writes`], and the handler may fail the call.
+    pub fn handle_writes(
+        &self,
+        handler: impl FnMut(&WriteRequest) -> Result<WriteResponse, Status> + Send + 'static,
+    ) {
+        *self.write_default.lock().expect("lock") = Some(Box::new(handler));
+    }
+    pub fn writes(&self) -> Vec<WriteCall> {
+        self.writes.lock().expect("lock").clone()
     }
     pub fn push(&self, script: Script) {
         self.scripts.lock().expect("lock").push_back(script);
@@ -61,11 +115,30 @@ impl Sync for Fake {
 
     async fn write(
         &self,
-        _request: Request<outpost_proto::v1::WriteRequest>,
-    ) -> Result<Response<outpost_proto::v1::WriteResponse>, Status> {
-        Err(Status::unimplemented(
-            "the scripted service takes no writes",
-        ))
+        request: Request<WriteRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let request = request.into_inner();
+        self.writes.lock().expect("lock").push(WriteCall {
+            authorization,
+            request: request.clone(),
+        });
+        let script = self.write_scripts.lock().expect("lock").pop_front();
+        match script {
+            Some(WriteScript::Fail(status)) => Err(status),
+            Some(WriteScript::Respond(mut respond)) => respond(&request).map(Response::new),
+            Some(WriteScript::Hang) => futures::future::pending().await,
+            None => match self.write_default.lock().expect("lock").as_mut() {
+                Some(respond) => respond(&request).map(Response::new),
+                None => Err(Status::unimplemented(
+                    "the scripted service takes no writes",
+                )),
+            },
+        }
     }
 
     async fn sync(
@@ -92,6 +165,10 @@ impl Sync for Fake {
             Some(Script::SendAndClose(messages)) => {
                 Box::pin(futures::stream::iter(messages.into_iter().map(Ok)))
             }
+            Some(Script::Live(rx)) => Box::pin(futures::StreamExt::map(
+                tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+                Ok,
+            )),
         };
         Ok(Response::new(stream))
     }
@@ -173,6 +250,25 @@ pub fn data(bucket: &str, rows: &[(i64, &str)]) -> SyncResponse {
     }
 }
 
+/// A batch that removes these todo ids from the bucket.
+pub fn removes(bucket: &str, ids: &[i64]) -> SyncResponse {
+    SyncResponse {
+        message: Some(Message::Data(DataBatch {
+            bucket: bucket.into(),
+            ops: ids
+                .iter()
+                .map(|id| RowOp {
+                    op_id: 1,
+                    kind: row_op::Kind::Remove as i32,
+                    table: "todos".into(),
+                    key: vec![int(*id)],
+                    values: vec![],
+                })
+                .collect(),
+        })),
+    }
+}
+
 pub fn bucket(name: &str, rows: &[(i64, &str)]) -> BucketChecksum {
     BucketChecksum {
         bucket: name.into(),
@@ -186,14 +282,59 @@ pub fn bucket(name: &str, rows: &[(i64, &str)]) -> BucketChecksum {
     }
 }
 
+/// A checkpoint at op `op_id`, LSN `0x1_0000_0000 + op_id`.
 pub fn checkpoint(op_id: u64, buckets: Vec<BucketChecksum>) -> SyncResponse {
     SyncResponse {
         message: Some(Message::Checkpoint(Checkpoint {
             op_id,
-            lsn: 0x1_0000_0000 + op_id,
+            lsn: lsn(op_id),
             epoch: "e1".into(),
             buckets,
         })),
+    }
+}
+
+/// The LSN of [`checkpoint`] `op_id`.
+pub fn lsn(op_id: u64) -> u64 {
+    0x1_0000_0000 + op_id
+}
+
+/// One answer per group of the request, from `answer(seq)`.
+pub fn answer_each(
+    request: &WriteRequest,
+    mut answer: impl FnMut(u64) -> GroupResult,
+) -> WriteResponse {
+    WriteResponse {
+        results: request.groups.iter().map(|g| answer(g.seq)).collect(),
+    }
+}
+
+pub fn applied(seq: u64, commit_lsn: u64) -> GroupResult {
+    GroupResult {
+        seq,
+        status: group_result::Status::Applied as i32,
+        commit_lsn,
+        reason_code: String::new(),
+        message: String::new(),
+        op_index: 0,
+    }
+}
+
+pub fn duplicate(seq: u64, commit_lsn: u64) -> GroupResult {
+    GroupResult {
+        status: group_result::Status::Duplicate as i32,
+        ..applied(seq, commit_lsn)
+    }
+}
+
+pub fn rejected(seq: u64, code: &str, message: &str) -> GroupResult {
+    GroupResult {
+        seq,
+        status: group_result::Status::Rejected as i32,
+        commit_lsn: 0,
+        reason_code: code.into(),
+        message: message.into(),
+        op_index: 0,
     }
 }
 

@@ -15,8 +15,15 @@
 //!   its synced values did not change and it was already there.
 //! - A replicated transaction whose commit LSN is at or below the store's
 //!   last commit LSN is a replay and changes nothing.
+//! - A row routed through parents (hops) reads them from the mirror; when a
+//!   parent changes in a way its children's keys read, the children are
+//!   routed again, recursively, in the same store transaction. A row of a
+//!   membership table updates the membership index in the same transaction
+//!   as its mirror row.
 
 mod rows;
+#[cfg(test)]
+mod tests;
 mod writer_thread;
 
 pub use rows::{IngestError, RowChanges};

@@ -1,6 +1,8 @@
 //! Row-level apply: one replicated change at a time, against the store's open
 //! transaction. See the module above for the invariants.
 
+mod graph;
+
 use crate::lsn::Lsn;
 use crate::pgtypes::{self, ConvertError};
 use crate::replication::{PgOutput, Relation, Tuple, TupleValue};
@@ -333,9 +335,7 @@ impl RowChanges {
         let wire = self.wire_row(table, &new.row)?;
         let mut route = std::mem::take(&mut self.route_buf);
         route.clear();
-        self.schema.route(table, &new.row.as_refs(), &mut route);
-        route.sort();
-        route.dedup();
+        self.route(store, table, &new.row, &mut route)?;
 
         let key_changed = lookup_key != wire.key_string;
         let (old_buckets, same_values): (HashSet<String>, bool) = match &old {
@@ -372,7 +372,13 @@ impl RowChanges {
         }
         store.mirror_put(&tbl, &wire.key_string, &new.row, &route)?;
         self.route_buf = route;
-        Ok(())
+        let old_row = old.map(|(row, _)| (lookup_key, row));
+        self.index_row(
+            store,
+            table,
+            old_row.as_ref().map(|(k, r)| (k.as_str(), r)),
+            Some((wire.key_string.as_str(), &new.row)),
+        )
     }
 
     fn delete_row(
@@ -393,7 +399,7 @@ impl RowChanges {
             self.ops_written += 1;
         }
         store.mirror_delete(&tbl, key)?;
-        Ok(())
+        self.index_row(store, table, Some((key, &old_row)), None)
     }
 
     fn truncate(&mut self, store: &mut StoreWriter, table: usize) -> Result<(), IngestError> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use super::error::CatalogError;
+use super::error::{CatalogError, did_you_mean};
 use super::types::{CaseFold, Collation, EnumType, SqlType};
 use crate::pgtypes::TypeKind;
 
@@ -71,6 +71,40 @@ impl Catalog {
         self.tables
             .iter()
             .find(|t| t.schema == schema && t.name == name)
+    }
+
+    /// Why `schema.name` is not a table of the catalog, with a suggestion.
+    pub(crate) fn missing_table(&self, schema: &str, name: &str) -> String {
+        if let Some(other) = self
+            .not_tables
+            .iter()
+            .find(|t| t.schema == schema && t.name == name)
+        {
+            return format!(
+                "`{schema}.{name}` is a {}, not a table; only tables can be synced",
+                other.what
+            );
+        }
+        match self.schemas.get(schema) {
+            Some(None) => format!("schema `{schema}` does not exist"),
+            Some(Some(names)) if names.iter().any(|n| n == name) => format!(
+                "table `{schema}.{name}` exists but was not read from the catalog; the tables \
+                 that subqueries read must be listed with the schema's tables \
+                 (`SchemaSource::tables`)"
+            ),
+            Some(Some(names)) => {
+                let hint = did_you_mean(name, names.iter().map(String::as_str));
+                let listing = if hint.is_empty() && !names.is_empty() && names.len() <= 12 {
+                    format!(" (tables in `{schema}`: {})", names.join(", "))
+                } else if names.is_empty() {
+                    format!(" (schema `{schema}` has no tables)")
+                } else {
+                    String::new()
+                };
+                format!("unknown table `{name}` in schema `{schema}`{hint}{listing}")
+            }
+            None => format!("unknown table `{schema}.{name}`"),
+        }
     }
 
     /// Reads what the catalog says about `tables` (`(schema, table)` pairs).

@@ -1,27 +1,43 @@
 //! Compiling checked shapes into bucket definitions (design decision 4).
 //!
-//! A filter is normalised into branches: its AND/OR skeleton around the
-//! `column = auth.claim` equalities is distributed into a disjunction, each
-//! branch holding its parameter equalities and the AND of the rest, a
-//! predicate on the row alone. Kleene logic is distributive, so a row makes
-//! the filter TRUE for a user exactly when some branch's parameters equal the
-//! user's claims and its predicate is TRUE. Each branch is one bucket
-//! definition; a row goes to bucket `{shape}#{branch}{key}` where `key` is
-//! its parameter values, so routing a change costs a lookup per branch, not a
-//! test per user.
+//! A filter is normalised into branches: its AND/OR skeleton around the key
+//! conditions (`column = auth.claim`, `column IN (SELECT …)`, `column =
+//! param.name`) is distributed into a disjunction, each branch holding its
+//! keys and the AND of the rest, a predicate on the row alone. Kleene logic
+//! is distributive, so a row makes the filter TRUE for a user exactly when
+//! some branch's keys are among the user's and its predicate is TRUE.
+//!
+//! A branch's *row side* — its key columns, the hops each key takes to reach
+//! its value, and its predicate — decides which rows a bucket holds; its
+//! *user side* — the claim or membership each key is matched against —
+//! decides who gets the bucket. Branches with the same row side share one
+//! [`BucketDef`] (with several [`BucketDef::grants`]), so the rows of a list
+//! that its owner sees and its members see are stored once. A row goes to
+//! bucket `{shape}#{def}{key}` where `key` is its key values, so routing a
+//! change costs a lookup per definition (plus one mirror read per hop), not
+//! a test per user.
 //!
 //! Invariants: all shapes of one table select the same columns; a shape has
-//! at most [`MAX_BRANCHES`] branches; [`CompiledSchema::version`] changes
-//! whenever anything that decides bucket contents changes.
+//! at most [`MAX_BRANCHES`] branches; a grant uses at most one membership;
+//! every table a subquery reads is in [`CompiledSchema::tables`] (mirrored
+//! and published) whether or not a shape sends it; [`CompiledSchema::version`]
+//! changes whenever anything that decides bucket contents or the membership
+//! index changes.
+
+mod defs;
+mod tables;
+#[cfg(test)]
+mod tests;
 
 use std::fmt::Write as _;
 
 use super::catalog::{Catalog, CatalogTable};
-use super::error::{Pos, SchemaError, SchemaErrors, did_you_mean};
+use super::error::{Pos, SchemaError, SchemaErrors};
 use super::eval::Node;
 use super::file::{SchemaSource, ShapeSource};
 use super::typecheck::{Checker, Cond};
 use super::types::SqlType;
+use crate::config::Limits;
 use crate::pgtypes::TypeKind;
 
 /// The most bucket definitions one shape may compile to.
@@ -40,37 +56,83 @@ pub struct ColumnDef {
     pub nullable: bool,
 }
 
-/// A table that at least one shape syncs.
+/// A table the service replicates and mirrors: one that a shape syncs, or
+/// one that a subquery reads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyncedTable {
     pub schema: String,
     pub name: String,
-    /// The table's name on clients: `name`, or `schema_name` outside `public`.
+    /// The table's name on clients (and in the mirror): `name`, or
+    /// `schema_name` outside `public`.
     pub client_name: String,
     /// Every live column, in `attnum` order (what a row from Postgres holds).
     pub columns: Vec<ColumnDef>,
     /// The columns sent to clients: indexes into `columns`, in table order.
+    /// For a table no shape sends, the primary key.
     pub synced: Vec<usize>,
     /// The primary key: indexes into `columns`, in key order.
     pub primary_key: Vec<usize>,
+    /// Whether a shape sends the table to clients (otherwise only subqueries
+    /// read it).
+    pub sent: bool,
 }
 
-/// An equality between a column and a token claim.
+/// A step of a key chain: the value so far is the primary key of a row of
+/// `table`, whose `filter` must be TRUE; the value continues from its `next`
+/// column.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hop {
+    /// Index into [`CompiledSchema::tables`].
+    pub table: usize,
+    /// Index into that table's `columns`.
+    pub next: usize,
+    pub(crate) filter: Option<Node>,
+}
+
+/// One key of a bucket definition: the row's column, followed through
+/// `hops` (none: the column's own value is the key).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BucketParam {
     /// Index into the table's `columns`.
     pub column: usize,
-    /// The claim's path: `auth.app.org` is `["app", "org"]`.
-    pub claim: Vec<String>,
+    pub hops: Vec<Hop>,
 }
 
-/// One branch of a shape's filter: its rows go to buckets named
+/// Where a user's values for one key come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeySource {
+    /// A token claim, by path: `auth.app.org` is `["app", "org"]`.
+    Claim(Vec<String>),
+    /// The keys a membership gives the user: index into
+    /// [`CompiledSchema::memberships`].
+    Membership(usize),
+}
+
+/// `x IN (SELECT select FROM table WHERE filter AND user_column = auth.claim)`:
+/// the user's values are the `select` values of the `table` rows whose
+/// `user_column` is the claim and whose `filter` is TRUE. Kept up to date in
+/// the store's membership index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MembershipDef {
+    /// Index into [`CompiledSchema::tables`].
+    pub table: usize,
+    pub select: usize,
+    pub user_column: usize,
+    pub claim: Vec<String>,
+    pub(crate) filter: Option<Node>,
+}
+
+/// The rows of one row side of a shape's filter: they go to buckets named
 /// `{shape}#{index}{key}`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BucketDef {
     pub params: Vec<BucketParam>,
     /// The rest of the branch; `None` is TRUE.
     pub(crate) filter: Option<Node>,
+    /// The ways a user gets keys: for each grant, one source per param.
+    pub grants: Vec<Vec<KeySource>>,
+    /// `column = param.name` narrowing: `(index into params, name)`.
+    pub client_params: Vec<(usize, String)>,
 }
 
 /// A compiled shape.
@@ -84,21 +146,53 @@ pub struct ShapeDef {
     pub buckets: Vec<BucketDef>,
 }
 
+/// A column through which rows reach a parent row: the store keeps a link
+/// index of it, so that a changed parent re-routes its children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HopSource {
+    /// The child table (index into `tables`) and its column.
+    pub table: usize,
+    pub column: usize,
+    /// The parent table, reached through its single-column primary key.
+    pub parent: usize,
+}
+
 /// The schema files compiled against the database catalog.
 #[derive(Clone, Debug)]
 pub struct CompiledSchema {
     pub tables: Vec<SyncedTable>,
     pub shapes: Vec<ShapeDef>,
-    /// A stable hash of everything that decides bucket contents; when it
-    /// changes, the buckets must be rebuilt from a new snapshot.
+    pub memberships: Vec<MembershipDef>,
+    /// A stable hash of everything that decides bucket contents and the
+    /// membership index; when it changes, the store must be rebuilt from a
+    /// new snapshot.
     pub version: String,
+    /// What one client may ask of the service.
+    pub limits: Limits,
     /// How predicates read each table's columns (indexed like `tables`).
     pub(crate) column_types: Vec<Vec<SqlType>>,
-    /// For each table, the `(shape, branch)` pairs its rows are routed by.
+    /// For each table, the `(shape, definition)` pairs its rows are routed by.
     pub(crate) routes: Vec<Vec<(usize, usize)>>,
+    /// For each table, the memberships its rows give.
+    pub(crate) member_routes: Vec<Vec<usize>>,
+    /// Every column rows reach a parent through.
+    pub(crate) hop_sources: Vec<HopSource>,
+    /// For each table, the hops that read its rows as parents (what its
+    /// children's keys depend on): `(filter, next column)`, deduplicated.
+    pub(crate) hop_targets: Vec<Vec<(Option<Node>, usize)>>,
+    /// The longest chain of hops.
+    pub(crate) max_hops: usize,
 }
 
-struct Errors<'a> {
+impl CompiledSchema {
+    /// The same schema, served under `limits`.
+    pub fn with_limits(mut self, limits: Limits) -> CompiledSchema {
+        self.limits = limits;
+        self
+    }
+}
+
+pub(crate) struct Errors<'a> {
     source: &'a SchemaSource,
     list: Vec<SchemaError>,
 }
@@ -110,6 +204,58 @@ impl Errors<'_> {
     }
 }
 
+/// The replicated form of a catalog table.
+fn synced_table(table: &CatalogTable, synced: Vec<usize>, sent: bool) -> SyncedTable {
+    let client_name = if table.schema == "public" {
+        table.name.clone()
+    } else {
+        format!("{}_{}", table.schema, table.name)
+    };
+    SyncedTable {
+        schema: table.schema.clone(),
+        name: table.name.clone(),
+        client_name,
+        columns: table
+            .columns
+            .iter()
+            .map(|c| ColumnDef {
+                name: c.name.clone(),
+                type_oid: c.type_oid,
+                type_name: c.type_name.clone(),
+                kind: c.kind.clone(),
+                nullable: !c.not_null,
+            })
+            .collect(),
+        synced,
+        primary_key: table.primary_key.clone(),
+        sent,
+    }
+}
+
+impl SchemaSource {
+    /// Every table the shapes read, `(schema, table)` in order of first use:
+    /// the shapes' own tables, then the tables their subqueries read. The
+    /// catalog given to [`compile`] must hold all of them.
+    pub fn read_tables(&self) -> Vec<(String, String)> {
+        let mut out = self.tables();
+        for shape in &self.shapes {
+            for t in shape.filter.iter().flat_map(|f| f.subquery_tables()) {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A shape whose filter is checked, waiting for its definitions.
+struct Checked<'s> {
+    shape: &'s ShapeSource,
+    table: usize,
+    cond: Cond,
+}
+
 /// Checks the schema files against the catalog and compiles every shape.
 pub fn compile(source: &SchemaSource, catalog: &Catalog) -> Result<CompiledSchema, SchemaErrors> {
     let mut errors = Errors {
@@ -118,26 +264,29 @@ pub fn compile(source: &SchemaSource, catalog: &Catalog) -> Result<CompiledSchem
     };
     let mut tables = Vec::new();
     let mut column_types = Vec::new();
-    let mut shapes = Vec::new();
+    let mut checked = Vec::new();
     for (schema, name) in source.tables() {
         let users: Vec<&ShapeSource> = source
             .shapes
             .iter()
             .filter(|s| s.table.value.0 == schema && s.table.value.1 == name)
             .collect();
+        if users.is_empty() {
+            continue;
+        }
         let Some(table) = catalog.table(&schema, &name) else {
             for shape in &users {
-                let message = missing_table(catalog, &schema, &name);
+                let message = catalog.missing_table(&schema, &name);
                 errors.at(shape, shape.table.pos, message);
             }
             continue;
         };
-        let Some(synced) = check_table(table, &users, &mut errors) else {
+        let Some(synced) = tables::check_table(table, &users, &mut errors) else {
             continue;
         };
         let index = tables.len();
         for shape in users {
-            let mut checker = Checker::new(table, catalog.default_collation.clone());
+            let mut checker = Checker::with_catalog(table, catalog);
             let cond = match &shape.filter {
                 Some(e) => checker.filter(e),
                 None => Some(Cond::And(Vec::new())),
@@ -146,7 +295,7 @@ pub fn compile(source: &SchemaSource, catalog: &Catalog) -> Result<CompiledSchem
                 errors.at(shape, pos, message);
             }
             let Some(cond) = cond else { continue };
-            let count = branch_count(&cond);
+            let count = cond.branch_count();
             if count > MAX_BRANCHES {
                 let pos = shape.filter.as_ref().map_or(shape.pos, |f| f.pos);
                 errors.at(
@@ -160,39 +309,34 @@ pub fn compile(source: &SchemaSource, catalog: &Catalog) -> Result<CompiledSchem
                 );
                 continue;
             }
-            shapes.push(ShapeDef {
-                name: shape.name.clone(),
-                default: shape.default,
+            checked.push(Checked {
+                shape,
                 table: index,
-                buckets: branches(cond),
+                cond,
             });
         }
-        let client_name = if schema == "public" {
-            name.clone()
-        } else {
-            format!("{schema}_{name}")
-        };
-        tables.push(SyncedTable {
-            schema: schema.clone(),
-            name: name.clone(),
-            client_name,
-            columns: table
-                .columns
-                .iter()
-                .map(|c| ColumnDef {
-                    name: c.name.clone(),
-                    type_oid: c.type_oid,
-                    type_name: c.type_name.clone(),
-                    kind: c.kind.clone(),
-                    nullable: !c.not_null,
-                })
-                .collect(),
-            synced,
-            primary_key: table.primary_key.clone(),
-        });
+        tables.push(synced_table(table, synced, true));
         column_types.push(table.columns.iter().map(|c| c.sql_type.clone()).collect());
     }
-    check_client_names(&tables, source, &mut errors);
+    let mut builder = defs::Builder::new(catalog, tables, column_types);
+    let mut shapes = Vec::new();
+    for c in checked {
+        if let Some(buckets) = builder.shape(c.shape, c.table, c.cond, &mut errors) {
+            shapes.push(ShapeDef {
+                name: c.shape.name.clone(),
+                default: c.shape.default,
+                table: c.table,
+                buckets,
+            });
+        }
+    }
+    let defs::Built {
+        tables,
+        column_types,
+        memberships,
+        hop_sources,
+    } = builder.finish();
+    tables::check_client_names(&tables, source, &mut errors);
     if !errors.list.is_empty() {
         return Err(SchemaErrors::normalized(errors.list));
     }
@@ -200,256 +344,40 @@ pub fn compile(source: &SchemaSource, catalog: &Catalog) -> Result<CompiledSchem
     let order: Vec<&str> = source.shapes.iter().map(|s| s.name.as_str()).collect();
     shapes.sort_by_key(|s| order.iter().position(|n| *n == s.name));
     let mut routes = vec![Vec::new(); tables.len()];
+    let mut hop_targets: Vec<Vec<(Option<Node>, usize)>> = vec![Vec::new(); tables.len()];
+    let mut max_hops = 0;
     for (s, shape) in shapes.iter().enumerate() {
-        for b in 0..shape.buckets.len() {
+        for (b, def) in shape.buckets.iter().enumerate() {
             routes[shape.table].push((s, b));
+            for p in &def.params {
+                max_hops = max_hops.max(p.hops.len());
+                for hop in &p.hops {
+                    let target = (hop.filter.clone(), hop.next);
+                    if !hop_targets[hop.table].contains(&target) {
+                        hop_targets[hop.table].push(target);
+                    }
+                }
+            }
         }
     }
-    let version = version(&tables, &shapes, &column_types);
+    let mut member_routes = vec![Vec::new(); tables.len()];
+    for (m, def) in memberships.iter().enumerate() {
+        member_routes[def.table].push(m);
+    }
+    let version = version(&tables, &shapes, &memberships, &column_types);
     Ok(CompiledSchema {
         tables,
         shapes,
+        memberships,
         version,
+        limits: Limits::default(),
         column_types,
         routes,
+        member_routes,
+        hop_sources,
+        hop_targets,
+        max_hops,
     })
-}
-
-fn missing_table(catalog: &Catalog, schema: &str, name: &str) -> String {
-    if let Some(other) = catalog
-        .not_tables
-        .iter()
-        .find(|t| t.schema == schema && t.name == name)
-    {
-        return format!(
-            "`{schema}.{name}` is a {}, not a table; only tables can be synced",
-            other.what
-        );
-    }
-    match catalog.schemas.get(schema) {
-        Some(None) => format!("schema `{schema}` does not exist"),
-        Some(Some(names)) => {
-            let hint = did_you_mean(name, names.iter().map(String::as_str));
-            let listing = if hint.is_empty() && !names.is_empty() && names.len() <= 12 {
-                format!(" (tables in `{schema}`: {})", names.join(", "))
-            } else if names.is_empty() {
-                format!(" (schema `{schema}` has no tables)")
-            } else {
-                String::new()
-            };
-            format!("unknown table `{name}` in schema `{schema}`{hint}{listing}")
-        }
-        None => format!("unknown table `{schema}.{name}`"),
-    }
-}
-
-/// Checks a table and the column lists of the shapes on it; returns the
-/// synced columns.
-fn check_table(
-    table: &CatalogTable,
-    users: &[&ShapeSource],
-    errors: &mut Errors<'_>,
-) -> Option<Vec<usize>> {
-    let first = users.first()?;
-    let mut ok = true;
-    if table.primary_key.is_empty() {
-        errors.at(
-            first,
-            first.table.pos,
-            format!(
-                "table `{}` has no primary key; Outpost identifies rows by their primary key",
-                table.name
-            ),
-        );
-        ok = false;
-    }
-    for &k in &table.primary_key {
-        let col = &table.columns[k];
-        if col.kind.is_none() {
-            errors.at(
-                first,
-                first.table.pos,
-                format!(
-                    "primary key column `{}` of `{}` has type {}, which Outpost cannot sync",
-                    col.name, table.name, col.type_name
-                ),
-            );
-            ok = false;
-        }
-    }
-    let mut selections = Vec::with_capacity(users.len());
-    for shape in users {
-        let mut picked: Vec<usize> = match &shape.columns {
-            None => (0..table.columns.len())
-                .filter(|&i| table.columns[i].kind.is_some())
-                .collect(),
-            Some(list) => {
-                let mut picked = Vec::new();
-                for name in &list.value {
-                    let Some(i) = table.columns.iter().position(|c| c.name == name.value) else {
-                        let hint = did_you_mean(
-                            &name.value,
-                            table.columns.iter().map(|c| c.name.as_str()),
-                        );
-                        errors.at(
-                            shape,
-                            name.pos,
-                            format!(
-                                "unknown column `{}` in table `{}`{hint}",
-                                name.value, table.name
-                            ),
-                        );
-                        ok = false;
-                        continue;
-                    };
-                    let col = &table.columns[i];
-                    if col.kind.is_none() {
-                        errors.at(
-                            shape,
-                            name.pos,
-                            format!(
-                                "column `{}` has type {}, which Outpost cannot sync; leave it out \
-                                 of `columns = [...]`",
-                                col.name, col.type_name
-                            ),
-                        );
-                        ok = false;
-                    } else if picked.contains(&i) {
-                        errors.at(
-                            shape,
-                            name.pos,
-                            format!("column `{}` is listed twice", col.name),
-                        );
-                        ok = false;
-                    } else {
-                        picked.push(i);
-                    }
-                }
-                picked
-            }
-        };
-        for &k in &table.primary_key {
-            if !picked.contains(&k) {
-                picked.push(k);
-            }
-        }
-        picked.sort_unstable();
-        selections.push(picked);
-    }
-    let names = |cols: &[usize]| {
-        cols.iter()
-            .map(|&i| table.columns[i].name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    for (shape, picked) in users.iter().zip(&selections).skip(1) {
-        if *picked != selections[0] {
-            let pos = shape.columns.as_ref().map_or(shape.pos, |c| c.pos);
-            errors.at(
-                shape,
-                pos,
-                format!(
-                    "shapes `{}` and `{}` both sync table `{}` but select different columns \
-                     (`{}`: {}; `{}`: {}); all shapes of one table must select the same columns",
-                    first.name,
-                    shape.name,
-                    table.name,
-                    first.name,
-                    names(&selections[0]),
-                    shape.name,
-                    names(picked)
-                ),
-            );
-            ok = false;
-        }
-    }
-    ok.then(|| selections.swap_remove(0))
-}
-
-/// Two tables must not meet under one client name (`a.b_c` and `a_b.c`).
-fn check_client_names(tables: &[SyncedTable], source: &SchemaSource, errors: &mut Errors<'_>) {
-    for (i, t) in tables.iter().enumerate() {
-        if let Some(other) = tables[..i].iter().find(|o| o.client_name == t.client_name)
-            && let Some(shape) = source
-                .shapes
-                .iter()
-                .find(|s| s.table.value == (t.schema.clone(), t.name.clone()))
-        {
-            errors.at(
-                shape,
-                shape.table.pos,
-                format!(
-                    "tables `{}.{}` and `{}.{}` would both be `{}` on clients",
-                    other.schema, other.name, t.schema, t.name, t.client_name
-                ),
-            );
-        }
-    }
-}
-
-/// The number of branches `cond` distributes into (saturating).
-fn branch_count(cond: &Cond) -> usize {
-    match cond {
-        Cond::And(items) => items
-            .iter()
-            .fold(1usize, |n, c| n.saturating_mul(branch_count(c))),
-        Cond::Or(items) => items
-            .iter()
-            .fold(0usize, |n, c| n.saturating_add(branch_count(c))),
-        Cond::Param { .. } | Cond::Pred(_) => 1,
-    }
-}
-
-/// One branch under construction.
-#[derive(Clone, Default)]
-struct Branch {
-    params: Vec<BucketParam>,
-    preds: Vec<Node>,
-}
-
-fn distribute(cond: Cond) -> Vec<Branch> {
-    match cond {
-        Cond::Param { column, claim } => vec![Branch {
-            params: vec![BucketParam { column, claim }],
-            preds: Vec::new(),
-        }],
-        Cond::Pred(node) => vec![Branch {
-            params: Vec::new(),
-            preds: vec![node],
-        }],
-        Cond::Or(items) => items.into_iter().flat_map(distribute).collect(),
-        Cond::And(items) => {
-            let mut acc = vec![Branch::default()];
-            for item in items {
-                let alternatives = distribute(item);
-                let mut next = Vec::with_capacity(acc.len() * alternatives.len());
-                for left in &acc {
-                    for right in &alternatives {
-                        let mut b = left.clone();
-                        b.params.extend(right.params.iter().cloned());
-                        b.preds.extend(right.preds.iter().cloned());
-                        next.push(b);
-                    }
-                }
-                acc = next;
-            }
-            acc
-        }
-    }
-}
-
-fn branches(cond: Cond) -> Vec<BucketDef> {
-    distribute(cond)
-        .into_iter()
-        .map(|mut b| BucketDef {
-            params: b.params,
-            filter: match b.preds.len() {
-                0 => None,
-                1 => b.preds.pop(),
-                _ => Some(Node::And(b.preds)),
-            },
-        })
-        .collect()
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms.
@@ -462,8 +390,13 @@ fn fnv1a(data: &[u8]) -> u64 {
 /// Hashes a canonical description of what decides bucket contents: the
 /// tables' columns and types, the synced columns, and every compiled bucket
 /// definition (not the files' text, so comments and layout do not count).
-fn version(tables: &[SyncedTable], shapes: &[ShapeDef], column_types: &[Vec<SqlType>]) -> String {
-    let mut d = String::from("outpost-schema 1\n");
+fn version(
+    tables: &[SyncedTable],
+    shapes: &[ShapeDef],
+    memberships: &[MembershipDef],
+    column_types: &[Vec<SqlType>],
+) -> String {
+    let mut d = String::from("outpost-schema 2\n");
     for (t, types) in tables.iter().zip(column_types) {
         let _ = writeln!(d, "table {}.{} as {}", t.schema, t.name, t.client_name);
         for (c, ty) in t.columns.iter().zip(types) {
@@ -473,12 +406,23 @@ fn version(tables: &[SyncedTable], shapes: &[ShapeDef], column_types: &[Vec<SqlT
                 c.name, c.type_oid, c.type_name, c.kind, ty, c.nullable
             );
         }
-        let _ = writeln!(d, "  synced {:?} key {:?}", t.synced, t.primary_key);
+        let _ = writeln!(
+            d,
+            "  synced {:?} key {:?} sent {}",
+            t.synced, t.primary_key, t.sent
+        );
+    }
+    for m in memberships {
+        let _ = writeln!(d, "membership {m:?}");
     }
     for s in shapes {
         let _ = writeln!(d, "shape {} table {}", s.name, s.table);
         for b in &s.buckets {
-            let _ = writeln!(d, "  bucket {:?} {:?}", b.params, b.filter);
+            let _ = writeln!(
+                d,
+                "  bucket {:?} {:?} {:?} {:?}",
+                b.params, b.filter, b.grants, b.client_params
+            );
         }
     }
     format!("{:016x}", fnv1a(d.as_bytes()))

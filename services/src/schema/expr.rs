@@ -3,10 +3,14 @@
 //! evaluate exactly.
 //!
 //! Invariant: every node carries its position in the schema file; anything
-//! outside the subset is refused here, by name (a function call, a
+//! outside the subset is refused here, by name (a function call, a scalar
 //! subquery, arithmetic…), so later stages only see supported constructs.
+//! The only subquery form accepted is `x IN (SELECT column FROM table
+//! [WHERE …])` over one table, without joins, grouping, ordering or limits;
+//! what its `WHERE` may hold is decided by the type checker.
 //! Unquoted identifiers are folded to lower case, as Postgres does; claim
-//! names after `auth.` are kept as written (token claims are case-sensitive).
+//! names after `auth.` and parameter names after `param.` are kept as
+//! written (token claims and request parameters are case-sensitive).
 
 use std::fmt;
 
@@ -16,6 +20,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use super::error::Pos;
+
+mod subquery;
 
 /// A comparison operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,6 +82,8 @@ pub(crate) enum ExprKind {
     },
     /// `auth.a.b`: the path of a token claim.
     Claim(Vec<String>),
+    /// `param.name`: a value the client passes in its shape request.
+    ClientParam(String),
     Null,
     Bool(bool),
     /// A numeric literal as written, with its sign.
@@ -126,22 +134,81 @@ pub(crate) enum ExprKind {
         expr: Box<Expr>,
         to: String,
     },
+    /// `expr IN (SELECT column FROM table WHERE …)`.
+    InSubquery {
+        expr: Box<Expr>,
+        query: Box<Subquery>,
+    },
+}
+
+/// `SELECT column FROM table [alias] [WHERE filter]`, the only subquery
+/// form a filter may hold.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Subquery {
+    /// The schema, when the table name is qualified.
+    pub schema: Option<String>,
+    pub table: String,
+    pub alias: Option<String>,
+    /// Where the table name is written.
+    pub table_pos: Pos,
+    /// The selected expression (the type checker wants a column).
+    pub column: Box<Expr>,
+    pub filter: Option<Box<Expr>>,
 }
 
 impl Expr {
-    /// Whether a token claim occurs anywhere below.
-    pub(crate) fn mentions_claim(&self) -> bool {
+    /// Whether the clause depends on more than the row: a token claim, a
+    /// request parameter or a subquery occurs below.
+    pub(crate) fn is_keyed(&self) -> bool {
         let mut found = false;
-        self.visit(&mut |e| found |= matches!(e.kind, ExprKind::Claim(_)));
+        self.visit(&mut |e| {
+            found |= matches!(
+                e.kind,
+                ExprKind::Claim(_) | ExprKind::ClientParam(_) | ExprKind::InSubquery { .. }
+            )
+        });
         found
     }
 
-    /// Calls `f` on this node and every node below it.
+    /// The tables that subqueries below read, `(schema, table)`, in order of
+    /// first mention; an unqualified name is in `public`.
+    pub(crate) fn subquery_tables(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        self.visit_all(&mut |e| {
+            if let ExprKind::InSubquery { query, .. } = &e.kind {
+                let name = (
+                    query.schema.clone().unwrap_or_else(|| "public".into()),
+                    query.table.clone(),
+                );
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        });
+        out
+    }
+
+    /// Calls `f` on this node and every node below it, subqueries included.
+    pub(crate) fn visit_all(&self, f: &mut dyn FnMut(&Expr)) {
+        self.visit(&mut |e| {
+            f(e);
+            if let ExprKind::InSubquery { query, .. } = &e.kind {
+                query.column.visit_all(f);
+                if let Some(filter) = &query.filter {
+                    filter.visit_all(f);
+                }
+            }
+        });
+    }
+
+    /// Calls `f` on this node and every node below it, not descending into
+    /// subqueries (their clauses are about another table).
     pub(crate) fn visit(&self, f: &mut dyn FnMut(&Expr)) {
         f(self);
         match &self.kind {
             ExprKind::Column { .. }
             | ExprKind::Claim(_)
+            | ExprKind::ClientParam(_)
             | ExprKind::Null
             | ExprKind::Bool(_)
             | ExprKind::Number(_)
@@ -158,7 +225,8 @@ impl Expr {
             ExprKind::Not(e)
             | ExprKind::IsNull { expr: e, .. }
             | ExprKind::IsBool { expr: e, .. }
-            | ExprKind::Cast { expr: e, .. } => e.visit(f),
+            | ExprKind::Cast { expr: e, .. }
+            | ExprKind::InSubquery { expr: e, .. } => e.visit(f),
             ExprKind::In { expr, list, .. } => {
                 expr.visit(f);
                 list.iter().for_each(|e| e.visit(f));
@@ -180,6 +248,59 @@ impl Expr {
                 pattern.visit(f);
                 if let Some(e) = escape {
                     e.visit(f);
+                }
+            }
+        }
+    }
+
+    /// Calls `f` on this node, then on every node below what `f` left in
+    /// its place (so `f` may replace a node by another), not descending
+    /// into subqueries.
+    pub(crate) fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Expr)) {
+        f(self);
+        match &mut self.kind {
+            ExprKind::Column { .. }
+            | ExprKind::Claim(_)
+            | ExprKind::ClientParam(_)
+            | ExprKind::Null
+            | ExprKind::Bool(_)
+            | ExprKind::Number(_)
+            | ExprKind::Str(_) => {}
+            ExprKind::Cmp(_, a, b)
+            | ExprKind::And(a, b)
+            | ExprKind::Or(a, b)
+            | ExprKind::Distinct {
+                left: a, right: b, ..
+            } => {
+                a.visit_mut(f);
+                b.visit_mut(f);
+            }
+            ExprKind::Not(e)
+            | ExprKind::IsNull { expr: e, .. }
+            | ExprKind::IsBool { expr: e, .. }
+            | ExprKind::Cast { expr: e, .. }
+            | ExprKind::InSubquery { expr: e, .. } => e.visit_mut(f),
+            ExprKind::In { expr, list, .. } => {
+                expr.visit_mut(f);
+                list.iter_mut().for_each(|e| e.visit_mut(f));
+            }
+            ExprKind::Between {
+                expr, low, high, ..
+            } => {
+                expr.visit_mut(f);
+                low.visit_mut(f);
+                high.visit_mut(f);
+            }
+            ExprKind::Like {
+                expr,
+                pattern,
+                escape,
+                ..
+            } => {
+                expr.visit_mut(f);
+                pattern.visit_mut(f);
+                if let Some(e) = escape {
+                    e.visit_mut(f);
                 }
             }
         }
@@ -346,6 +467,11 @@ impl Converter<'_> {
                     if first.quote_style.is_none() && first.value.eq_ignore_ascii_case("auth") =>
                 {
                     ExprKind::Claim(rest.iter().map(|p| p.value.clone()).collect())
+                }
+                Some((first, [name]))
+                    if first.quote_style.is_none() && first.value.eq_ignore_ascii_case("param") =>
+                {
+                    ExprKind::ClientParam(name.value.clone())
                 }
                 _ => {
                     let mut names: Vec<String> = parts.iter().map(fold).collect();
@@ -549,6 +675,42 @@ impl Converter<'_> {
                     }),
                     to,
                 }
+            }
+            E::InSubquery {
+                expr,
+                subquery,
+                negated,
+            } => {
+                if *negated {
+                    self.errors.push((
+                        pos,
+                        "NOT IN (SELECT …) is not supported in a shape filter: a row's buckets \
+                         cannot depend on rows that do not exist. Keep the exclusion in the \
+                         membership table instead (e.g. `x IN (SELECT … WHERE NOT hidden AND \
+                         user_id = auth.sub)`)"
+                            .to_string(),
+                    ));
+                    return None;
+                }
+                let expr = self.boxed(expr, pos);
+                let query = self.subquery(subquery, pos);
+                ExprKind::InSubquery {
+                    expr: expr?,
+                    query: Box::new(query?),
+                }
+            }
+            E::Exists { .. } => {
+                return self.unsupported(
+                    pos,
+                    "EXISTS (…) (write `column IN (SELECT column FROM table WHERE …)`)".into(),
+                );
+            }
+            E::Subquery(_) => {
+                return self.unsupported(
+                    pos,
+                    "a scalar subquery (write `column IN (SELECT column FROM table WHERE …)`)"
+                        .into(),
+                );
             }
             other => return self.unsupported(pos, construct_name(other)),
         };

@@ -1,5 +1,6 @@
 //! Reading schema files: TOML syntax, the allowed keys, shape names and the
-//! syntax of `where` clauses. No database is needed here.
+//! syntax of `where` clauses; `[tables.<table>]` write rules are read by
+//! `rules`. No database is needed here.
 //!
 //! Invariants: files are read in name order and shapes in the order they
 //! appear, so the same directory always gives the same [`SchemaSource`];
@@ -14,6 +15,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::{Pos, SchemaError, SchemaErrors, did_you_mean};
 use super::expr::{Expr, parse_filter};
+use super::rules::{TableRulesSource, parse_tables};
 
 /// The keys a shape accepts.
 const SHAPE_KEYS: [&str; 4] = ["table", "columns", "where", "default"];
@@ -46,6 +48,8 @@ pub(crate) struct ShapeSource {
 pub struct SchemaSource {
     pub(crate) files: Vec<PathBuf>,
     pub(crate) shapes: Vec<ShapeSource>,
+    /// The `[tables.<table>]` write rules, in file order.
+    pub(crate) rules: Vec<TableRulesSource>,
 }
 
 impl SchemaSource {
@@ -70,7 +74,7 @@ impl SchemaSource {
         let mut source = SchemaSource::default();
         let mut errors = Vec::new();
         for (index, (path, text)) in files.into_iter().enumerate() {
-            parse_file(index, &path, &text, &mut source.shapes, &mut errors);
+            parse_file(index, &path, &text, &mut source, &mut errors);
             source.files.push(path);
         }
         check_unique_names(&source, &mut errors);
@@ -153,7 +157,7 @@ impl<'a> LineIndex<'a> {
 }
 
 /// Byte offset of a 1-based (line, column-in-characters) inside `text`.
-fn offset_in(text: &str, line: u64, column: u64) -> Option<usize> {
+pub(super) fn offset_in(text: &str, line: u64, column: u64) -> Option<usize> {
     let mut line_start = 0;
     for _ in 1..line {
         line_start += text.get(line_start..)?.find('\n')? + 1;
@@ -167,7 +171,11 @@ fn offset_in(text: &str, line: u64, column: u64) -> Option<usize> {
 /// Where the characters of a TOML string value start in the file, when the
 /// value is the file text verbatim (no escapes), so that positions inside it
 /// map exactly; otherwise positions map to the start of the value.
-fn string_content(text: &str, span: &std::ops::Range<usize>, value: &str) -> Option<usize> {
+pub(super) fn string_content(
+    text: &str,
+    span: &std::ops::Range<usize>,
+    value: &str,
+) -> Option<usize> {
     let raw = text.get(span.clone())?;
     let delim = ["'''", "\"\"\"", "'", "\""]
         .into_iter()
@@ -184,15 +192,15 @@ fn string_content(text: &str, span: &std::ops::Range<usize>, value: &str) -> Opt
     (text.get(start..end)? == value).then_some(start)
 }
 
-struct FileCx<'a> {
-    file: usize,
-    path: &'a Path,
-    lines: LineIndex<'a>,
-    errors: &'a mut Vec<SchemaError>,
+pub(super) struct FileCx<'a> {
+    pub(super) file: usize,
+    pub(super) path: &'a Path,
+    pub(super) lines: LineIndex<'a>,
+    pub(super) errors: &'a mut Vec<SchemaError>,
 }
 
 impl FileCx<'_> {
-    fn error(&mut self, offset: usize, message: impl Into<String>) {
+    pub(super) fn error(&mut self, offset: usize, message: impl Into<String>) {
         let pos = self.lines.pos(offset);
         self.errors
             .push(SchemaError::at(self.path.to_path_buf(), pos, message));
@@ -200,7 +208,7 @@ impl FileCx<'_> {
 }
 
 /// Entries of a TOML table in the order they are written.
-fn in_file_order<'t, 'i>(
+pub(super) fn in_file_order<'t, 'i>(
     table: &'t DeTable<'i>,
 ) -> Vec<(
     &'t Spanned<std::borrow::Cow<'i, str>>,
@@ -215,7 +223,7 @@ fn parse_file(
     index: usize,
     path: &Path,
     text: &str,
-    shapes: &mut Vec<ShapeSource>,
+    source: &mut SchemaSource,
     errors: &mut Vec<SchemaError>,
 ) {
     let mut cx = FileCx {
@@ -233,13 +241,18 @@ fn parse_file(
         }
     };
     for (key, value) in in_file_order(root.get_ref()) {
+        if key.get_ref() == "tables" {
+            parse_tables(&mut cx, text, value, &mut source.rules);
+            continue;
+        }
         if key.get_ref() != "shapes" {
             cx.error(
                 key.span().start,
                 format!(
-                    "unknown top-level key `{}`: a schema file declares shapes as `[shapes.<name>]` tables{}",
+                    "unknown top-level key `{}`: a schema file declares shapes as `[shapes.<name>]` \
+                     tables and write rules as `[tables.<table>]` tables{}",
                     key.get_ref(),
-                    did_you_mean(key.get_ref(), ["shapes"])
+                    did_you_mean(key.get_ref(), ["shapes", "tables"])
                 ),
             );
             continue;
@@ -253,7 +266,7 @@ fn parse_file(
         };
         for (name, shape) in in_file_order(table) {
             if let Some(s) = parse_shape(&mut cx, text, name, shape) {
-                shapes.push(s);
+                source.shapes.push(s);
             }
         }
     }
@@ -267,7 +280,7 @@ fn valid_shape_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn parse_table_name(name: &str) -> Option<(String, String)> {
+pub(super) fn parse_table_name(name: &str) -> Option<(String, String)> {
     let (schema, table) = match name.split_once('.') {
         Some((s, t)) => (s, t),
         None => ("public", name),

@@ -25,7 +25,8 @@
 //! ```
 //!
 //! - Shape names match `[a-z_][a-z0-9_]*` and are unique across all files.
-//! - Unknown keys are errors; the only top-level table is `shapes`.
+//! - Unknown keys are errors; the top-level tables are `shapes` and
+//!   `tables` (write rules, see [`compile_rules`]).
 //! - All shapes of one table must select the same columns.
 //! - The table needs a primary key.
 //!
@@ -87,6 +88,7 @@ mod eval;
 mod expr;
 mod file;
 mod route;
+mod rules;
 mod typecheck;
 mod types;
 
@@ -99,3 +101,7 @@ pub use compile::{
 };
 pub use error::{CatalogError, SchemaError, SchemaErrors, ShapeRequestError};
 pub use file::{SchemaSource, load_dir};
+pub use rules::{
+    Denied, MergeKind, ResolveError, TableFunction, TableRules, WriteKind, WriteRules,
+    compile_rules, resolve_functions,
+};

@@ -1,29 +1,46 @@
-//! Routing rows to buckets, and the buckets of a user.
+//! Routing rows to buckets, the membership index and link index entries of
+//! a row, and (in [`user`]) the buckets of a user.
 //!
-//! Both sides name a bucket the same way: `{shape}#{branch}{key}`, where
-//! `key` is `outpost_proto::key_string` of the parameter values converted
-//! with `pgtypes::to_value` from their canonical text (the form Postgres
-//! prints, with equal values printing equally: `1.50` and `1.5` are one
-//! numeric key, `character(n)` padding is dropped). A row takes its values
-//! from its columns, a user from its token claims.
+//! Both sides name a bucket the same way: `{shape}#{def}{key}`, where `key`
+//! is `outpost_proto::key_string` of the key values converted with
+//! `pgtypes::to_value` from their canonical text (the form Postgres prints,
+//! with equal values printing equally: `1.50` and `1.5` are one numeric key,
+//! `character(n)` padding is dropped). A row takes its values from its
+//! columns — through hops, from its parents' columns — and a user from its
+//! token claims or the membership index.
 //!
-//! Invariants: a row whose parameter column is NULL is in no bucket of that
-//! branch; a user whose claim is missing, null or not convertible to the
-//! column's type gets no bucket for that branch, never an error.
+//! Invariants: a row whose key column is NULL, whose parent is missing or
+//! whose parent's hop condition is not TRUE is in no bucket of that
+//! definition; a user whose claim is missing, null or not convertible to the
+//! column's type gets no bucket for that grant, never an error. A row's
+//! buckets depend only on its own values and those of the parents its hops
+//! reach, which the ingest re-routes it after (see the link index).
 
+mod user;
+
+use outpost_proto::key_string;
 use outpost_proto::v1::Value;
-use serde_json::Map;
 
-use super::compile::{BucketDef, CompiledSchema};
+use super::compile::CompiledSchema;
 use super::datum::{self, Datum};
-use super::error::ShapeRequestError;
 use super::eval::RowValues;
 use super::types::SqlType;
 use crate::pgtypes::{self, TypeKind};
+use crate::store::TextRow;
 
-/// A bucket's name.
-pub(crate) fn bucket_name(shape: &str, branch: usize, key: &[Value]) -> String {
-    format!("{shape}#{branch}{}", outpost_proto::key_string(key))
+/// A bucket's name from its key elements (see [`key_elem`]).
+pub(crate) fn bucket_name(shape: &str, def: usize, elems: &[String]) -> String {
+    format!("{shape}#{def}[{}]", elems.join(","))
+}
+
+/// One value as it appears inside a key string: `key_string(&[v])` without
+/// its brackets, so that `[` + elements joined by `,` + `]` is the key
+/// string of the values.
+pub(crate) fn key_elem(v: &Value) -> String {
+    let s = key_string(std::slice::from_ref(v));
+    s.get(1..s.len().saturating_sub(1))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The key value of one parameter.
@@ -38,39 +55,27 @@ fn key_value(kind: &TypeKind, ty: &SqlType, d: &Datum) -> Option<Value> {
     }
 }
 
-/// Converts a token claim to a value of a column's type, like the string
-/// form of the claim would be read by the type's input function; numbers and
-/// booleans convert to numeric, integer and text columns as their JSON text.
-fn claim_datum(ty: &SqlType, claim: &serde_json::Value) -> Option<Datum> {
-    use serde_json::Value as J;
-    match (claim, ty) {
-        (J::String(s), _) => datum::parse_input(ty, s).ok(),
-        (J::Number(n), SqlType::Int(w)) => {
-            let i = n.as_i64()?;
-            let (lo, hi) = w.range();
-            (lo..=hi).contains(&i).then_some(Datum::Int(i))
-        }
-        (J::Number(n), SqlType::Numeric) => datum::parse_numeric(&n.to_string())
-            .ok()
-            .map(Datum::Numeric),
-        (J::Number(n), SqlType::Text(_)) => Some(Datum::Text(n.to_string())),
-        (J::Bool(b), SqlType::Bool) => Some(Datum::Bool(*b)),
-        (J::Bool(b), SqlType::Text(_)) => Some(Datum::Text(b.to_string())),
-        _ => None,
-    }
+/// A row's entry in the membership index: through membership `membership`,
+/// users whose claim gives `user_key` get the key element `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberEntry {
+    /// Index into [`CompiledSchema::memberships`].
+    pub membership: usize,
+    pub user_key: String,
+    pub key: String,
 }
 
-fn lookup<'a>(
-    claims: &'a Map<String, serde_json::Value>,
-    path: &[String],
-) -> Option<&'a serde_json::Value> {
-    let (first, rest) = path.split_first()?;
-    let mut v = claims.get(first)?;
-    for part in rest {
-        v = v.as_object()?.get(part)?;
-    }
-    Some(v)
+/// A row's entry in the link index: through hop source `source` (index into
+/// the compiled hop sources) it reaches the parent row with mirror key
+/// `parent`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkEntry {
+    pub source: usize,
+    pub parent: String,
 }
+
+/// Reads a parent row from the mirror: `(table index, mirror key)`.
+pub type ParentLookup<'a, E> = dyn FnMut(usize, &str) -> Result<Option<TextRow>, E> + 'a;
 
 impl CompiledSchema {
     /// The index in `tables` of a table, by schema and name.
@@ -80,19 +85,34 @@ impl CompiledSchema {
             .position(|t| t.schema == schema && t.name == name)
     }
 
-    fn param_kind(&self, table: usize, column: usize) -> Option<(&TypeKind, &SqlType)> {
+    pub(crate) fn param_kind(&self, table: usize, column: usize) -> Option<(&TypeKind, &SqlType)> {
         let kind = self.tables.get(table)?.columns.get(column)?.kind.as_ref()?;
         let ty = self.column_types.get(table)?.get(column)?;
         Some((kind, ty))
     }
 
-    /// Appends the buckets a row version belongs to. `row` holds the
-    /// Postgres text form of every column of `tables[table].columns`, in
-    /// order (`None` = NULL).
-    pub fn route(&self, table: usize, row: &[Option<&str>], out: &mut Vec<String>) {
-        let (Some(routes), Some(types)) = (self.routes.get(table), self.column_types.get(table))
-        else {
-            return;
+    /// The canonical key element of a column's value (`None` for NULL).
+    fn elem_of(&self, table: usize, column: usize, values: &RowValues<'_>) -> Option<String> {
+        let (kind, ty) = self.param_kind(table, column)?;
+        let v = values.get(column).and_then(|d| key_value(kind, ty, d))?;
+        Some(key_elem(&v))
+    }
+
+    /// The mirror key of the `table` row whose single-column primary key
+    /// Postgres prints as `text`.
+    pub(crate) fn parent_key(&self, table: usize, text: &str) -> Option<String> {
+        let t = self.tables.get(table)?;
+        let [pk] = t.primary_key.as_slice() else {
+            return None;
+        };
+        let kind = t.columns.get(*pk)?.kind.as_ref()?;
+        let v = pgtypes::to_value(kind, text).ok()?;
+        Some(key_string(std::slice::from_ref(&v)))
+    }
+
+    fn row_ok(&self, table: usize, row: &[Option<&str>]) -> bool {
+        let Some(types) = self.column_types.get(table) else {
+            return false;
         };
         if row.len() != types.len() {
             tracing::warn!(
@@ -101,77 +121,186 @@ impl CompiledSchema {
                 got = row.len(),
                 "row has the wrong number of columns; not routed"
             );
-            return;
+            return false;
         }
-        let values = RowValues::new(row, types);
-        'branch: for &(s, b) in routes {
-            let shape = &self.shapes[s];
-            let def: &BucketDef = &shape.buckets[b];
-            let mut key = Vec::with_capacity(def.params.len());
-            for p in &def.params {
-                let Some((kind, ty)) = self.param_kind(table, p.column) else {
-                    continue 'branch;
-                };
-                let Some(v) = values.get(p.column).and_then(|d| key_value(kind, ty, d)) else {
-                    continue 'branch;
-                };
-                key.push(v);
-            }
-            if def.filter.as_ref().is_none_or(|f| f.is_true(&values)) {
-                out.push(bucket_name(&shape.name, b, &key));
-            }
-        }
+        true
     }
 
-    /// The buckets of a user: of the named shapes, or of the default ones
-    /// when `shapes` is empty.
-    pub fn user_buckets(
+    /// Appends the buckets a row version belongs to. `row` holds the
+    /// Postgres text form of every column of `tables[table].columns`, in
+    /// order (`None` = NULL). Definitions that reach their key through a
+    /// parent row need [`CompiledSchema::route_with`]; here they route nowhere.
+    pub fn route(&self, table: usize, row: &[Option<&str>], out: &mut Vec<String>) {
+        let mut none = |_: usize, _: &str| Ok::<_, std::convert::Infallible>(None);
+        let Ok(()) = self.route_with(table, row, &mut none, out);
+    }
+
+    /// As [`CompiledSchema::route`], reading parent rows with `parent`.
+    pub fn route_with<E>(
         &self,
-        shapes: &[String],
-        claims: &Map<String, serde_json::Value>,
-    ) -> Result<Vec<String>, ShapeRequestError> {
-        let selected: Vec<usize> = if shapes.is_empty() {
-            (0..self.shapes.len())
-                .filter(|&i| self.shapes[i].default)
-                .collect()
-        } else {
-            let mut selected = Vec::with_capacity(shapes.len());
-            for name in shapes {
-                let Some(i) = self.shapes.iter().position(|s| s.name == *name) else {
-                    return Err(ShapeRequestError::UnknownShape {
-                        name: name.clone(),
-                        known: self.shapes.iter().map(|s| s.name.clone()).collect(),
-                    });
+        table: usize,
+        row: &[Option<&str>],
+        parent: &mut ParentLookup<'_, E>,
+        out: &mut Vec<String>,
+    ) -> Result<(), E> {
+        if !self.row_ok(table, row) {
+            return Ok(());
+        }
+        let types = &self.column_types[table];
+        let values = RowValues::new(row, types);
+        'def: for &(s, b) in &self.routes[table] {
+            let shape = &self.shapes[s];
+            let def = &shape.buckets[b];
+            if !def.filter.as_ref().is_none_or(|f| f.is_true(&values)) {
+                continue;
+            }
+            let mut key = Vec::with_capacity(def.params.len());
+            for p in &def.params {
+                if p.hops.is_empty() {
+                    match self.elem_of(table, p.column, &values) {
+                        Some(e) => key.push(e),
+                        None => continue 'def,
+                    }
+                    continue;
+                }
+                let (mut from_table, mut text) = match row.get(p.column).copied().flatten() {
+                    Some(t) => (table, t.to_string()),
+                    None => continue 'def,
                 };
-                if !selected.contains(&i) {
-                    selected.push(i);
+                let mut last: Option<(usize, usize, TextRow)> = None;
+                for hop in &p.hops {
+                    let Some(key) = self.parent_key(hop.table, &text) else {
+                        tracing::debug!(table = from_table, "hop value does not convert");
+                        continue 'def;
+                    };
+                    let Some(parent_row) = parent(hop.table, &key)? else {
+                        continue 'def;
+                    };
+                    let refs = parent_row.as_refs();
+                    if !self.row_ok(hop.table, &refs) {
+                        continue 'def;
+                    }
+                    let pv = RowValues::new(&refs, &self.column_types[hop.table]);
+                    if !hop.filter.as_ref().is_none_or(|f| f.is_true(&pv)) {
+                        continue 'def;
+                    }
+                    let Some(next) = refs.get(hop.next).copied().flatten() else {
+                        continue 'def;
+                    };
+                    text = next.to_string();
+                    from_table = hop.table;
+                    last = Some((hop.table, hop.next, parent_row.clone()));
+                }
+                let Some((t, column, parent_row)) = last else {
+                    continue 'def;
+                };
+                let refs = parent_row.as_refs();
+                let pv = RowValues::new(&refs, &self.column_types[t]);
+                match self.elem_of(t, column, &pv) {
+                    Some(e) => key.push(e),
+                    None => continue 'def,
                 }
             }
-            selected
-        };
+            out.push(bucket_name(&shape.name, b, &key));
+        }
+        Ok(())
+    }
+
+    /// Whether rows of `table` give membership index entries.
+    pub(crate) fn has_memberships(&self, table: usize) -> bool {
+        self.member_routes.get(table).is_some_and(|m| !m.is_empty())
+    }
+
+    /// The membership index entries of a row version of `table`.
+    pub fn member_entries(&self, table: usize, row: &[Option<&str>]) -> Vec<MemberEntry> {
         let mut out = Vec::new();
-        for i in selected {
-            let shape = &self.shapes[i];
-            'branch: for (b, def) in shape.buckets.iter().enumerate() {
-                let mut key = Vec::with_capacity(def.params.len());
-                for p in &def.params {
-                    let Some((kind, ty)) = self.param_kind(shape.table, p.column) else {
-                        continue 'branch;
-                    };
-                    let Some(v) = lookup(claims, &p.claim)
-                        .and_then(|c| claim_datum(ty, c))
-                        .and_then(|d| key_value(kind, ty, &d))
-                    else {
-                        continue 'branch;
-                    };
-                    key.push(v);
-                }
-                let name = bucket_name(&shape.name, b, &key);
-                if !out.contains(&name) {
-                    out.push(name);
-                }
+        if !self.has_memberships(table) || !self.row_ok(table, row) {
+            return out;
+        }
+        let values = RowValues::new(row, &self.column_types[table]);
+        for &m in &self.member_routes[table] {
+            let def = &self.memberships[m];
+            if !def.filter.as_ref().is_none_or(|f| f.is_true(&values)) {
+                continue;
+            }
+            let (Some(user), Some(key)) = (
+                self.elem_of(table, def.user_column, &values),
+                self.elem_of(table, def.select, &values),
+            ) else {
+                continue;
+            };
+            out.push(MemberEntry {
+                membership: m,
+                user_key: format!("[{user}]"),
+                key,
+            });
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The link index entries of a row version of `table`: the parents its
+    /// hop columns reach.
+    pub fn link_entries(&self, table: usize, row: &[Option<&str>]) -> Vec<LinkEntry> {
+        let mut out = Vec::new();
+        if !self.row_ok(table, row) {
+            return out;
+        }
+        for (i, s) in self.hop_sources.iter().enumerate() {
+            if s.table != table {
+                continue;
+            }
+            let Some(text) = row.get(s.column).copied().flatten() else {
+                continue;
+            };
+            if let Some(parent) = self.parent_key(s.parent, text) {
+                out.push(LinkEntry { source: i, parent });
             }
         }
-        Ok(out)
+        out
+    }
+
+    /// The hop sources whose parent table is `table`: the indexes to look
+    /// up its children with.
+    pub fn child_sources(&self, table: usize) -> Vec<usize> {
+        (0..self.hop_sources.len())
+            .filter(|&i| self.hop_sources[i].parent == table)
+            .collect()
+    }
+
+    /// The table (index) of a hop source's children.
+    pub fn source_table(&self, source: usize) -> Option<usize> {
+        self.hop_sources.get(source).map(|s| s.table)
+    }
+
+    /// What children's keys read of a row of `table` acting as a parent:
+    /// for each hop through it, whether its condition is TRUE and the value
+    /// it continues with. Children need re-routing only when this changes.
+    pub fn parent_signature(&self, table: usize, row: &[Option<&str>]) -> Vec<(bool, Option<String>)> {
+        let Some(targets) = self.hop_targets.get(table) else {
+            return Vec::new();
+        };
+        if targets.is_empty() || !self.row_ok(table, row) {
+            return Vec::new();
+        }
+        let values = RowValues::new(row, &self.column_types[table]);
+        targets
+            .iter()
+            .map(|(filter, next)| {
+                let ok = filter.as_ref().is_none_or(|f| f.is_true(&values));
+                (ok, row.get(*next).copied().flatten().map(str::to_string))
+            })
+            .collect()
+    }
+
+    /// Whether rows of `table` are parents that some hop reads.
+    pub fn is_parent(&self, table: usize) -> bool {
+        self.hop_targets.get(table).is_some_and(|t| !t.is_empty())
+    }
+
+    /// The longest chain of hops: how far a change can propagate down.
+    pub fn max_hops(&self) -> usize {
+        self.max_hops
     }
 }

@@ -1,20 +1,34 @@
 //! One client's stream: the schema, then catch-up from the client's cursors,
 //! then live changes, each run of data closed by a checkpoint.
 //!
+//! The user's bucket set is not fixed for the stream: the token gives
+//! *selectors* (see `CompiledSchema::user_buckets`), which resolve against
+//! the store's membership index. Each catch-up reads, inside its own store
+//! snapshot, whether the membership index changed for the user's keys since
+//! the set was last resolved; if so it resolves the set again, resets the
+//! buckets that left it (`removed`) and sends the buckets that entered it
+//! whole, before the data and the checkpoint of that same snapshot.
+//!
 //! Invariants:
-//! - Data and the checkpoint that closes it come from one store read
-//!   snapshot, so the client's state after applying it is one Postgres had.
+//! - Data, resets and the checkpoint that closes them come from one store
+//!   read snapshot, so the client's state after applying them is one
+//!   Postgres had — including which buckets the user may hold: a client
+//!   never holds, at a checkpoint, a bucket its memberships at that
+//!   checkpoint do not grant.
 //! - A cursor from another store epoch, or older than a bucket's compaction
 //!   horizon, is never caught up from: the bucket is reset and sent whole.
 //! - A bucket the client holds that is no longer in the user's set is reset
 //!   with `removed`, so its rows leave the replica.
+//! - A request naming more shapes than `max_shapes_per_request`, or whose
+//!   set grows past `max_buckets_per_user`, ends the stream with an error
+//!   saying so.
 
 use super::sync::SyncContext;
 use crate::store::{ReadTxn, StoreError};
 use outpost_proto::v1::sync_response::Message;
 use outpost_proto::v1::{
-    BucketChecksum, BucketReset, Checkpoint, ColumnSchema, DataBatch, Keepalive, RowOp, Schema,
-    SyncRequest, SyncResponse, TableSchema,
+    BucketChecksum, BucketCursor, BucketReset, Checkpoint, ColumnSchema, DataBatch, Keepalive,
+    RowOp, Schema, ShapeRequest, SyncRequest, SyncResponse, TableSchema,
 };
 use prost::Message as _;
 use std::collections::{HashMap, HashSet};
@@ -26,6 +40,7 @@ use tonic::Status;
 const BATCH_BYTES: usize = 1 << 20;
 
 pub(super) struct SessionStart {
+    /// The selectors of the user's buckets, resolved from the token.
     pub buckets: Vec<String>,
     /// Indexes of the tables the user's shapes read.
     pub tables: Vec<usize>,
@@ -38,7 +53,7 @@ pub(super) struct Session {
     tx: mpsc::Sender<Result<SyncResponse, Status>>,
 }
 
-/// The client went away: stop quietly.
+/// The client went away (or was sent an error): stop quietly.
 struct Gone;
 
 impl From<StoreError> for Gone {
@@ -50,6 +65,22 @@ impl From<StoreError> for Gone {
 
 fn msg(m: Message) -> Result<SyncResponse, Status> {
     Ok(SyncResponse { message: Some(m) })
+}
+
+/// Why a request cannot be served, before anything is sent.
+fn refuse_request(ctx: &SyncContext, request: &SyncRequest) -> Option<Status> {
+    let max = ctx.schema.limits.max_shapes_per_request;
+    if request.shapes.len() > max {
+        return Some(Status::invalid_argument(format!(
+            "the request names {} shapes; at most {max} are allowed per stream \
+             (max_shapes_per_request): ask for fewer shapes, or open several streams",
+            request.shapes.len()
+        )));
+    }
+    ctx.schema
+        .narrow(Vec::new(), &request.shapes)
+        .err()
+        .map(|e| Status::invalid_argument(e.to_string()))
 }
 
 impl Session {
@@ -70,6 +101,11 @@ impl Session {
 
     async fn stream(self) -> Result<(), Gone> {
         let Session { ctx, start, tx } = self;
+        if let Some(status) = refuse_request(&ctx, &start.request) {
+            tracing::info!(client_id = %start.request.client_id, %status, "sync request refused");
+            let _ = tx.send(Err(status)).await;
+            return Err(Gone);
+        }
         let schema_msg = Message::Schema(schema_message(&ctx, &start.tables));
         tx.send(msg(schema_msg)).await.map_err(|_| Gone)?;
 
@@ -82,31 +118,15 @@ impl Session {
             },
             _ = tx.closed() => return Err(Gone),
         };
-        let mine: HashSet<String> = start.buckets.iter().cloned().collect();
-        let mut cursors: HashMap<String, u64> = HashMap::new();
-        let mut resets: Vec<BucketReset> = Vec::new();
         let same_epoch = !start.request.epoch.is_empty() && start.request.epoch == store_epoch;
-        for c in &start.request.cursors {
-            let removed = !mine.contains(&c.bucket);
-            if removed || !same_epoch {
-                resets.push(BucketReset {
-                    bucket: c.bucket.clone(),
-                    reason: if removed {
-                        "the bucket is no longer in your shapes"
-                    } else {
-                        "the service's store was rebuilt"
-                    }
-                    .into(),
-                    removed,
-                });
-            } else {
-                cursors.insert(c.bucket.clone(), c.op_id);
-            }
-        }
-        for b in &start.buckets {
-            cursors.entry(b.clone()).or_insert(0);
-        }
-        let mut first = true;
+        let mut state = BucketSet {
+            selectors: Arc::new(start.buckets),
+            shapes: Arc::new(start.request.shapes),
+            held: Vec::new(),
+            resolved_at: None,
+            cursors: HashMap::new(),
+            client_cursors: Some((start.request.cursors, same_epoch)),
+        };
         let mut last_sent_op = 0u64;
         let mut last_sent_lsn = 0u64;
         let mut keepalive = tokio::time::interval(ctx.keepalive);
@@ -126,27 +146,23 @@ impl Session {
                     .await;
                 return Err(Gone);
             }
+            let first = state.resolved_at.is_none();
             if first || target > last_sent_op {
                 let ctx2 = ctx.clone();
                 let tx2 = tx.clone();
-                let request = CatchUp {
-                    buckets: start.buckets.clone(),
-                    cursors: cursors.clone(),
-                    resets: std::mem::take(&mut resets),
-                    full: first,
-                    last_lsn: last_sent_lsn,
-                };
                 let result = tokio::task::spawn_blocking(move || {
-                    ctx2.readers
-                        .read(|txn| Ok(catch_up(txn, &ctx2, request, &tx2)))
+                    ctx2.readers.read(|txn| {
+                        let mut state = state;
+                        let sent = catch_up(txn, &ctx2, &mut state, last_sent_lsn, &tx2);
+                        Ok(sent.map(|s| (s, state)))
+                    })
                 })
                 .await
                 .map_err(|_| Gone)??;
-                let (op_id, lsn, new_cursors) = result?;
-                cursors = new_cursors;
+                let ((op_id, lsn), next) = result?;
+                state = next;
                 last_sent_op = op_id.max(target);
                 last_sent_lsn = lsn;
-                first = false;
             } else if durable > last_sent_lsn {
                 // No new ops anywhere, but the store caught up further in the
                 // WAL: tell the client its state is current up to there.
@@ -177,42 +193,138 @@ impl Session {
     }
 }
 
-/// Sends everything new for the session's buckets from one read snapshot,
-/// closed by a checkpoint. Returns the checkpoint op id and the new cursors.
-/// What one catch-up starts from.
-struct CatchUp {
-    buckets: Vec<String>,
+/// The buckets a stream holds and where the client is in each.
+struct BucketSet {
+    /// From the token: bucket names and membership selectors.
+    selectors: Arc<Vec<String>>,
+    /// The requested shapes, whose parameters narrow the set.
+    shapes: Arc<Vec<ShapeRequest>>,
+    /// The buckets the client holds or is being sent, in resolution order.
+    held: Vec<String>,
+    /// The op id of the snapshot the set was last resolved in (`None`: not
+    /// yet).
+    resolved_at: Option<u64>,
+    /// The op id each held bucket is sent up to.
     cursors: HashMap<String, u64>,
-    /// Resets to send before any data.
-    resets: Vec<BucketReset>,
-    /// List every bucket in the checkpoint (the stream's first).
-    full: bool,
-    /// The LSN of the last checkpoint sent.
-    last_lsn: u64,
+    /// The client's cursors and whether they are from the store's epoch,
+    /// until the first catch-up takes them.
+    client_cursors: Option<(Vec<BucketCursor>, bool)>,
 }
 
+/// Resolves the set again when the first catch-up runs or the membership
+/// index changed for the user's keys; returns the resets to send before any
+/// data, or the error that ends the stream.
+fn resolve(
+    txn: &ReadTxn<'_>,
+    ctx: &SyncContext,
+    set: &mut BucketSet,
+    op_id: u64,
+) -> Result<Vec<BucketReset>, Result<Status, StoreError>> {
+    let schema = &ctx.schema;
+    if let Some(at) = set.resolved_at {
+        let mut changed = false;
+        for (m, user_key) in schema.selector_keys(&set.selectors) {
+            if txn.member_version(m, &user_key).map_err(Err)? > at {
+                changed = true;
+                break;
+            }
+        }
+        if !changed {
+            return Ok(Vec::new());
+        }
+    }
+    let names = schema
+        .expand_selectors(&set.selectors, &mut |m, user_key| {
+            txn.member_keys(m, user_key)
+        })
+        .map_err(Err)?;
+    let names = schema
+        .narrow(names, &set.shapes)
+        .map_err(|e| Ok(Status::invalid_argument(e.to_string())))?;
+    let max = schema.limits.max_buckets_per_user;
+    if names.len() > max {
+        return Err(Ok(Status::resource_exhausted(format!(
+            "your shapes give you {} buckets; at most {max} are allowed per stream \
+             (max_buckets_per_user): ask for fewer shapes, or narrow them with parameters",
+            names.len()
+        ))));
+    }
+    let now: HashSet<&String> = names.iter().collect();
+    let mut resets = Vec::new();
+    match set.client_cursors.take() {
+        Some((cursors, same_epoch)) => {
+            for c in cursors {
+                let removed = !now.contains(&c.bucket);
+                if removed || !same_epoch {
+                    resets.push(BucketReset {
+                        bucket: c.bucket.clone(),
+                        reason: if removed {
+                            "the bucket is no longer in your shapes"
+                        } else {
+                            "the service's store was rebuilt"
+                        }
+                        .into(),
+                        removed,
+                    });
+                } else {
+                    set.cursors.insert(c.bucket, c.op_id);
+                }
+            }
+        }
+        None => {
+            for b in set.held.iter().filter(|b| !now.contains(b)) {
+                set.cursors.remove(b);
+                resets.push(BucketReset {
+                    bucket: b.clone(),
+                    reason: "your memberships no longer give you this bucket".into(),
+                    removed: true,
+                });
+            }
+        }
+    }
+    for b in &names {
+        set.cursors.entry(b.clone()).or_insert(0);
+    }
+    if set.resolved_at.is_some() {
+        let before: HashSet<&String> = set.held.iter().collect();
+        let entered = names.iter().filter(|b| !before.contains(b)).count();
+        tracing::debug!(entered, left = resets.len(), "bucket set changed");
+    }
+    set.held = names;
+    set.resolved_at = Some(op_id);
+    Ok(resets)
+}
+
+/// Sends everything new for the session's buckets from one read snapshot —
+/// set changes first, then data — closed by a checkpoint. Returns the
+/// checkpoint's op id and LSN.
 fn catch_up(
     txn: &ReadTxn<'_>,
     ctx: &SyncContext,
-    request: CatchUp,
+    set: &mut BucketSet,
+    last_lsn: u64,
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
-) -> Result<(u64, u64, HashMap<String, u64>), Gone> {
-    let CatchUp {
-        buckets,
-        mut cursors,
-        resets,
-        full,
-        last_lsn,
-    } = request;
+) -> Result<(u64, u64), Gone> {
     let send = |m: Message| tx.blocking_send(msg(m)).map_err(|_| Gone);
     let checkpoint = txn.checkpoint()?;
+    let full = set.resolved_at.is_none();
+    let resets = match resolve(txn, ctx, set, checkpoint.op_id) {
+        Ok(resets) => resets,
+        Err(Ok(status)) => {
+            tracing::info!(%status, "sync stream refused");
+            let _ = tx.blocking_send(Err(status));
+            return Err(Gone);
+        }
+        Err(Err(e)) => return Err(e.into()),
+    };
+    let reset_any = !resets.is_empty();
     for r in resets {
         send(Message::Reset(r))?;
     }
     let mut listed = Vec::new();
-    for bucket in &buckets {
+    for bucket in &set.held {
         let info = txn.bucket(bucket)?;
-        let cursor = cursors.get(bucket).copied().unwrap_or(0);
+        let cursor = set.cursors.get(bucket).copied().unwrap_or(0);
         let mut from = cursor;
         if cursor > 0 && cursor < info.horizon {
             send(Message::Reset(BucketReset {
@@ -264,9 +376,9 @@ fn catch_up(
                 count: info.count,
             });
         }
-        cursors.insert(bucket.clone(), checkpoint.op_id);
+        set.cursors.insert(bucket.clone(), checkpoint.op_id);
     }
-    if full || !listed.is_empty() || checkpoint.lsn.0 > last_lsn {
+    if full || reset_any || !listed.is_empty() || checkpoint.lsn.0 > last_lsn {
         send(Message::Checkpoint(Checkpoint {
             op_id: checkpoint.op_id,
             lsn: checkpoint.lsn.0,
@@ -274,7 +386,7 @@ fn catch_up(
             buckets: listed,
         }))?;
     }
-    Ok((checkpoint.op_id, checkpoint.lsn.0, cursors))
+    Ok((checkpoint.op_id, checkpoint.lsn.0))
 }
 
 /// The schema message for the tables a session reads.
@@ -300,7 +412,7 @@ fn schema_message(ctx: &SyncContext, table_indexes: &[usize]) -> Schema {
                                 .map_or("TEXT", |k| k.sqlite_type())
                                 .to_string(),
                             nullable: col.nullable,
-                            merge: "lww".into(),
+                            merge: ctx.merge_kind(i, c).into(),
                         }
                     })
                     .collect(),

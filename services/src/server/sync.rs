@@ -4,8 +4,9 @@
 use super::session::{Session, SessionStart};
 use crate::auth::Authenticator;
 use crate::ingest::Progress;
-use crate::schema::CompiledSchema;
+use crate::schema::{CompiledSchema, MergeKind};
 use crate::store::ReaderPool;
+use crate::writes::{Applier, WriteError, check_request};
 use outpost_proto::v1::sync_server::Sync as SyncApi;
 use outpost_proto::v1::{SyncRequest, SyncResponse, WriteRequest, WriteResponse};
 use std::collections::BTreeSet;
@@ -26,6 +27,20 @@ pub struct SyncContext {
     pub keepalive: Duration,
     /// Most ops in one `DataBatch`.
     pub batch_ops: usize,
+    /// Applies `Write` calls; `None` when the schema files declare no write
+    /// rules (every write is refused).
+    pub writes: Option<Arc<Applier>>,
+}
+
+impl SyncContext {
+    /// How local writes to a column of `schema.tables[table]` merge, as the
+    /// `Schema` message tells clients.
+    pub fn merge_kind(&self, table: usize, column: usize) -> &'static str {
+        match (&self.writes, self.schema.tables.get(table)) {
+            (Some(writes), Some(t)) => writes.merge_kind(&t.schema, &t.name, column).as_str(),
+            _ => MergeKind::Lww.as_str(),
+        }
+    }
 }
 
 /// The `outpost.v1.Sync` service.
@@ -111,10 +126,45 @@ impl SyncApi for SyncService {
 
     async fn write(
         &self,
-        _request: Request<WriteRequest>,
+        request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        Err(Status::unimplemented(
-            "writes are not enabled on this service",
-        ))
+        let token = bearer_token(&request)?;
+        let claims = self.ctx.auth.verify(token).map_err(|e| {
+            tracing::info!(error = %e, "token refused");
+            Status::unauthenticated(format!("token refused: {e}"))
+        })?;
+        let Some(applier) = self.ctx.writes.clone() else {
+            return Err(Status::failed_precondition(
+                "this service accepts no writes: its schema files declare no `[tables.<table>]` \
+                 write rules",
+            ));
+        };
+        let request = request.into_inner();
+        check_request(&request.client_id, &request.groups)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::debug!(
+            client_id = %request.client_id,
+            sub = claims.sub().unwrap_or(""),
+            groups = request.groups.len(),
+            "write request"
+        );
+        // Applied in a task of its own: a client that goes away mid-request
+        // does not cut a group short (each group is atomic anyway, but the
+        // connection would be lost).
+        let applied = tokio::spawn(async move {
+            applier
+                .apply(&request.client_id, &claims, &request.groups)
+                .await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the write task failed: {e}")))?;
+        match applied {
+            Ok(results) => Ok(Response::new(WriteResponse { results })),
+            Err(e @ WriteError::InvalidRequest(_)) => Err(Status::invalid_argument(e.to_string())),
+            Err(e) => {
+                tracing::warn!(error = %e, "write request failed");
+                Err(Status::unavailable(format!("{e}; retry the request")))
+            }
+        }
     }
 }

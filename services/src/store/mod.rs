@@ -7,6 +7,9 @@
 //! mirror      (table, key) → the row as Postgres printed it + the buckets it is in
 //! bucket_ops  (bucket, table, key) → the latest op for that row in that bucket
 //! buckets     bucket → checksum, row count, last op id, compaction horizon
+//! members     (membership, user key, key, source row) — the membership index
+//! member_versions (membership, user key) → op id of its last change
+//! links       (hop source, parent key, child key) — the link index
 //! ```
 //!
 //! Invariants:
@@ -25,7 +28,17 @@
 //! - `meta.last_commit_lsn` is the commit LSN of the last replicated
 //!   transaction stored: a transaction at or below it is a replay and is
 //!   skipped by the ingest.
+//! - The membership index holds one entry per membership-table row and
+//!   membership it satisfies: users whose claim gives `user key` get bucket
+//!   key element `key`. Every change of a `(membership, user key)`'s entries
+//!   takes a new op id, recorded in `member_versions` in the same store
+//!   transaction, so a reader can tell, inside its snapshot, whether a
+//!   user's bucket set changed since an op id.
+//! - The link index holds one entry per row and hop column that reaches a
+//!   parent: `(source, parent mirror key, child mirror key)`, so that a
+//!   changed parent finds the rows routed through it.
 
+mod index;
 mod reader;
 #[cfg(test)]
 mod tests;
@@ -76,6 +89,15 @@ CREATE INDEX IF NOT EXISTS bucket_ops_by_op ON bucket_ops (bucket, op_id);
 CREATE TABLE IF NOT EXISTS buckets (
     bucket TEXT PRIMARY KEY, checksum INTEGER NOT NULL, count INTEGER NOT NULL,
     last_op_id INTEGER NOT NULL, horizon INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+    membership INTEGER NOT NULL, user_key TEXT NOT NULL, key TEXT NOT NULL, src TEXT NOT NULL,
+    PRIMARY KEY (membership, user_key, key, src)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS member_versions (
+    membership INTEGER NOT NULL, user_key TEXT NOT NULL, op_id INTEGER NOT NULL,
+    PRIMARY KEY (membership, user_key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS links (
+    source INTEGER NOT NULL, parent TEXT NOT NULL, child TEXT NOT NULL,
+    PRIMARY KEY (source, parent, child)) WITHOUT ROWID;
 ";
 
 fn open_connection(path: &Path, read_only: bool) -> Result<rusqlite::Connection, StoreError> {

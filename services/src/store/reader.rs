@@ -75,7 +75,7 @@ impl ReaderPool {
 
 /// A consistent read of the store.
 pub struct ReadTxn<'a> {
-    conn: &'a rusqlite::Connection,
+    pub(super) conn: &'a rusqlite::Connection,
 }
 
 impl ReadTxn<'_> {

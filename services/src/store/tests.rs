@@ -96,3 +96,67 @@ fn checksums_ops_and_snapshots() {
     assert_eq!(w.state().last_commit_lsn, Lsn(20));
     assert_eq!(w.state().last_op_id, 4);
 }
+
+#[test]
+fn membership_and_link_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = database_path(dir.path());
+    let mut w = StoreWriter::open(&path).unwrap();
+    w.reinitialise("v1", "slot", "epoch1").unwrap();
+    w.commit().unwrap();
+    let readers = ReaderPool::new(&path, 1);
+    let read = |m: usize, user: &str| {
+        readers
+            .read(|t| Ok((t.member_keys(m, user)?, t.member_version(m, user)?)))
+            .unwrap()
+    };
+    assert_eq!(read(0, "u"), (Vec::<String>::new(), 0));
+    w.begin().unwrap();
+    w.member_add(0, "u", "2", "[2,\"u\"]").unwrap();
+    w.member_add(0, "u", "1", "[1,\"u\"]").unwrap();
+    // The same key from a second source row is one key.
+    w.member_add(0, "u", "1", "[1,\"u\",\"again\"]").unwrap();
+    w.member_add(1, "u", "9", "[9]").unwrap();
+    let after_adds = w.state().last_op_id;
+    // Readers see nothing before the commit.
+    assert_eq!(read(0, "u").0, Vec::<String>::new());
+    w.commit().unwrap();
+    let (keys, v1) = read(0, "u");
+    assert_eq!(keys, ["1", "2"]);
+    assert!(v1 > 0 && v1 <= after_adds);
+    // Adding an entry that exists changes nothing, not even the version.
+    w.begin().unwrap();
+    w.member_add(0, "u", "2", "[2,\"u\"]").unwrap();
+    w.commit().unwrap();
+    assert_eq!(read(0, "u").1, v1);
+    w.begin().unwrap();
+    w.member_remove(0, "u", "1", "[1,\"u\"]").unwrap();
+    w.commit().unwrap();
+    let (keys, v2) = read(0, "u");
+    assert_eq!(keys, ["1", "2"], "still given by the other source row");
+    assert!(v2 > v1);
+    w.begin().unwrap();
+    w.member_remove(0, "u", "1", "[1,\"u\",\"again\"]").unwrap();
+    w.member_remove(0, "u", "nope", "[0]").unwrap();
+    w.commit().unwrap();
+    assert_eq!(read(0, "u").0, ["2"]);
+    assert_eq!(read(1, "u").0, ["9"]);
+
+    w.begin().unwrap();
+    w.link_add(0, "[5]", "[100]").unwrap();
+    w.link_add(0, "[5]", "[101]").unwrap();
+    w.link_add(0, "[5]", "[101]").unwrap();
+    w.link_add(1, "[5]", "[102]").unwrap();
+    let mut children = w.link_children(0, "[5]").unwrap();
+    children.sort();
+    assert_eq!(children, ["[100]", "[101]"]);
+    w.link_remove(0, "[5]", "[100]").unwrap();
+    assert_eq!(w.link_children(0, "[5]").unwrap(), ["[101]"]);
+    assert!(w.link_children(0, "[6]").unwrap().is_empty());
+    w.commit().unwrap();
+    // A rebuilt store starts with empty indexes.
+    w.reinitialise("v2", "slot", "epoch2").unwrap();
+    assert!(w.link_children(1, "[5]").unwrap().is_empty());
+    w.commit().unwrap();
+    assert_eq!(read(1, "u"), (Vec::<String>::new(), 0));
+}

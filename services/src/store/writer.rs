@@ -38,7 +38,7 @@ impl StoreState {
 
 /// The one writer of a store.
 pub struct StoreWriter {
-    conn: rusqlite::Connection,
+    pub(super) conn: rusqlite::Connection,
     /// The committed state plus what the open transaction has added.
     state: StoreState,
     /// Whether a SQLite transaction is open.
@@ -106,7 +106,8 @@ impl StoreWriter {
     ) -> Result<(), StoreError> {
         self.begin()?;
         self.conn.execute_batch(
-            "DELETE FROM mirror; DELETE FROM bucket_ops; DELETE FROM buckets; DELETE FROM meta;",
+            "DELETE FROM mirror; DELETE FROM bucket_ops; DELETE FROM buckets; DELETE FROM meta;
+             DELETE FROM members; DELETE FROM member_versions; DELETE FROM links;",
         )?;
         self.state = StoreState {
             epoch: epoch.to_string(),
@@ -233,7 +234,7 @@ impl StoreWriter {
         Ok(out)
     }
 
-    fn next_op_id(&mut self) -> u64 {
+    pub(super) fn next_op_id(&mut self) -> u64 {
         self.state.last_op_id += 1;
         self.state.last_op_id
     }

@@ -51,11 +51,11 @@ fn unknown_keys_suggest_the_right_one() {
     assert_eq!(
         load_errors(&[(
             "a.toml",
-            "[shapes.x]\ntable = \"t\"\nwher = \"a = 1\"\n\n[tables.t]\nx = 1\n"
+            "[shapes.x]\ntable = \"t\"\nwher = \"a = 1\"\n\n[tablez.t]\nx = 1\n"
         )]),
         [
             "a.toml:3:1: unknown key `wher` in shape `x`; did you mean `where`? (a shape has: table, columns, where, default)",
-            "a.toml:5:2: unknown top-level key `tables`: a schema file declares shapes as `[shapes.<name>]` tables",
+            "a.toml:5:2: unknown top-level key `tablez`: a schema file declares shapes as `[shapes.<name>]` tables and write rules as `[tables.<table>]` tables; did you mean `tables`?",
         ]
     );
 }

@@ -6,14 +6,23 @@
 //! compared with and is parsed at compile time (so `'abc' = int_col` is an
 //! error here, as in Postgres); comparable categories must match; text
 //! ordering is accepted only under a byte-order collation; a token claim is
-//! accepted only as `column = auth.claim` directly under AND/OR.
+//! accepted only as `column = auth.claim`, a request parameter only as
+//! `column = param.name`, and a subquery only as `column IN (SELECT …)`,
+//! each directly under AND/OR. A subquery is checked against its own table
+//! and must end, through at most `MAX_HOPS` hops, in a membership keyed by
+//! a token claim (see [`Chain`]).
 
+mod branches;
 mod operators;
 mod params;
+mod subquery;
+
+pub(crate) use branches::Branch;
+pub(crate) use subquery::Chain;
 
 use std::sync::Arc;
 
-use super::catalog::CatalogTable;
+use super::catalog::{Catalog, CatalogTable};
 use super::datum::{self, Datum};
 use super::error::{Pos, did_you_mean};
 use super::eval::Node;
@@ -29,6 +38,17 @@ pub(crate) enum Cond {
     Param {
         column: usize,
         claim: Vec<String>,
+    },
+    /// `column IN (SELECT …)`: one alternative of the subquery, a chain of
+    /// hops ending in a membership.
+    Member {
+        column: usize,
+        chain: Chain,
+    },
+    /// `column = param.<name>`: narrows what the other conditions allow.
+    ClientParam {
+        column: usize,
+        name: String,
     },
     /// A predicate on the row alone.
     Pred(Node),
@@ -50,14 +70,37 @@ pub(crate) struct Checker<'a> {
     pub table: &'a CatalogTable,
     pub default_collation: Option<Arc<Collation>>,
     pub errors: Vec<(Pos, String)>,
+    /// Where subquery tables are looked up (`None`: subqueries are refused).
+    catalog: Option<&'a Catalog>,
+    /// How many subqueries enclose this clause (0: the shape's own filter).
+    depth: usize,
+    /// The alias of the table in its subquery (`FROM list_members m`).
+    alias: Option<String>,
+    /// The names of the enclosing queries' tables, to explain a reference
+    /// to one of them (a correlated subquery).
+    outer: Vec<String>,
 }
 
 impl<'a> Checker<'a> {
+    /// A checker of clauses on `table` that cannot read other tables.
     pub(crate) fn new(table: &'a CatalogTable, default_collation: Option<Arc<Collation>>) -> Self {
         Checker {
             table,
             default_collation,
             errors: Vec::new(),
+            catalog: None,
+            depth: 0,
+            alias: None,
+            outer: Vec::new(),
+        }
+    }
+
+    /// A checker of a shape's filter on `table`, whose subqueries read the
+    /// tables of `catalog`.
+    pub(crate) fn with_catalog(table: &'a CatalogTable, catalog: &'a Catalog) -> Self {
+        Checker {
+            catalog: Some(catalog),
+            ..Checker::new(table, catalog.default_collation.clone())
         }
     }
 
@@ -89,27 +132,53 @@ impl<'a> Checker<'a> {
         let table = self.table;
         let qualified_ok = match qualifier.as_slice() {
             [] => true,
-            [t] => *t == table.name,
-            [s, t] => *s == table.schema && *t == table.name,
+            [t] => match &self.alias {
+                Some(alias) => t == alias,
+                None => *t == table.name,
+            },
+            [s, t] => self.alias.is_none() && *s == table.schema && *t == table.name,
             _ => false,
         };
         if !qualified_ok {
-            self.error(
-                e.pos,
+            let message = if qualifier.last().is_some_and(|q| self.outer.contains(q)) {
+                format!(
+                    "`{}.{name}` refers to an enclosing query: correlated subqueries are not \
+                     supported; a subquery may only use columns of its own table `{}`",
+                    qualifier.join("."),
+                    table.name
+                )
+            } else if self.depth > 0 {
+                format!(
+                    "`{}.{name}` does not name a column of `{}`: a subquery can only use \
+                     columns of its own table",
+                    qualifier.join("."),
+                    table.name
+                )
+            } else {
                 format!(
                     "`{}.{name}` does not name a column of `{}`: a shape filter can only use \
                      columns of its own table",
                     qualifier.join("."),
                     table.name
-                ),
-            );
+                )
+            };
+            self.error(e.pos, message);
             return None;
         }
         let Some(index) = table.columns.iter().position(|c| c.name == *name) else {
             let hint = did_you_mean(name, table.columns.iter().map(|c| c.name.as_str()));
+            let correlated = if self.depth > 0 && qualifier.is_empty() {
+                " (a subquery may only use columns of its own table: correlated subqueries \
+                 are not supported)"
+            } else {
+                ""
+            };
             self.error(
                 e.pos,
-                format!("unknown column `{name}` in table `{}`{hint}", table.name),
+                format!(
+                    "unknown column `{name}` in table `{}`{hint}{correlated}",
+                    table.name
+                ),
             );
             return None;
         };
@@ -146,8 +215,8 @@ impl<'a> Checker<'a> {
         let pos = e.pos;
         Some(match &e.kind {
             ExprKind::Column { .. } => return self.column(e),
-            ExprKind::Claim(_) => {
-                self.claim_misuse(e);
+            ExprKind::Claim(_) | ExprKind::ClientParam(_) | ExprKind::InSubquery { .. } => {
+                self.key_misuse(e);
                 return None;
             }
             ExprKind::Null => Self::typed(Node::Null, SqlType::Unknown, pos),

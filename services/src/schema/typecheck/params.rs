@@ -1,15 +1,18 @@
-//! The AND/OR skeleton of a filter around its token claims: `column =
-//! auth.claim` equalities become parameters; every other use of a claim is
-//! refused with the reason and a rewrite.
+//! The AND/OR skeleton of a filter around what keys it: `column =
+//! auth.claim` equalities become parameters, `column = param.name`
+//! equalities request parameters, `column IN (SELECT …)` membership chains;
+//! every other use of a claim, a request parameter or a subquery is refused
+//! with the reason and a rewrite.
 
 use super::{Checker, Cond};
+use crate::schema::error::Pos;
 use crate::schema::eval::Node;
 use crate::schema::expr::{CmpOp, Expr, ExprKind};
 
 impl Checker<'_> {
     /// Checks a whole filter.
     pub(crate) fn filter(&mut self, e: &Expr) -> Option<Cond> {
-        if !e.mentions_claim() {
+        if !e.is_keyed() {
             return self.boolean(e, "WHERE").map(Cond::Pred);
         }
         match &e.kind {
@@ -21,6 +24,7 @@ impl Checker<'_> {
                 let (a, b) = (self.filter(a), self.filter(b));
                 Some(Cond::Or(vec![a?, b?]))
             }
+            ExprKind::InSubquery { expr, query } => self.subquery(expr, query, e.pos),
             ExprKind::Cmp(CmpOp::Eq, a, b) => match (&a.kind, &b.kind) {
                 (ExprKind::Claim(path), ExprKind::Column { .. })
                 | (ExprKind::Column { .. }, ExprKind::Claim(path)) => {
@@ -29,21 +33,55 @@ impl Checker<'_> {
                     } else {
                         b
                     };
-                    self.param(column, path)
+                    let index = self.key_column(column, "a token claim")?;
+                    Some(Cond::Param {
+                        column: index,
+                        claim: path.clone(),
+                    })
+                }
+                (ExprKind::ClientParam(name), ExprKind::Column { .. })
+                | (ExprKind::Column { .. }, ExprKind::ClientParam(name)) => {
+                    let column = if matches!(a.kind, ExprKind::Column { .. }) {
+                        a
+                    } else {
+                        b
+                    };
+                    self.client_param(column, name, e.pos)
                 }
                 _ => {
-                    self.claim_misuse(e);
+                    self.key_misuse(e);
                     None
                 }
             },
             _ => {
-                self.claim_misuse(e);
+                self.key_misuse(e);
                 None
             }
         }
     }
 
-    fn param(&mut self, column: &Expr, claim: &[String]) -> Option<Cond> {
+    fn client_param(&mut self, column: &Expr, name: &str, pos: Pos) -> Option<Cond> {
+        if self.depth > 0 {
+            self.error(
+                pos,
+                format!(
+                    "`param.{name}` is inside a subquery: a request parameter may only narrow \
+                     the shape's own table, as `column = param.{name}`"
+                ),
+            );
+            return None;
+        }
+        let index = self.key_column(column, "a request parameter")?;
+        Some(Cond::ClientParam {
+            column: index,
+            name: name.to_string(),
+        })
+    }
+
+    /// Checks that `column` can be matched against a key value (a claim, a
+    /// request parameter, a subquery's column): exact equality that agrees
+    /// with equality of the canonical text form.
+    pub(super) fn key_column(&mut self, column: &Expr, against: &str) -> Option<usize> {
         let col = self.column(column)?;
         let Node::Column(index) = col.node else {
             return None;
@@ -51,7 +89,7 @@ impl Checker<'_> {
         let name = &self.table.columns[index].name;
         if !col.ty.can_be_parameter() || self.table.columns[index].kind.is_none() {
             let message = format!(
-                "column `{name}` has type {}, which cannot be matched against a token claim \
+                "column `{name}` has type {}, which cannot be matched against {against} \
                  (parameters must be of a type with exact equality: integer, text, uuid, \
                  boolean, numeric, date, timestamp or enum)",
                 self.table.columns[index].type_name
@@ -70,27 +108,26 @@ impl Checker<'_> {
             self.error(column.pos, message);
             return None;
         }
-        Some(Cond::Param {
-            column: index,
-            claim: claim.to_vec(),
-        })
+        Some(index)
     }
 
-    /// Reports each claim below `e`, saying why it cannot be used there.
-    pub(super) fn claim_misuse(&mut self, e: &Expr) {
+    /// Reports each claim, request parameter and subquery below `e`, saying
+    /// why it cannot be used there.
+    pub(super) fn key_misuse(&mut self, e: &Expr) {
         let (reason, suggestion) = match &e.kind {
             ExprKind::Not(_) => ("is under NOT".to_string(), String::new()),
-            ExprKind::Cmp(op, a, b) if *op != CmpOp::Eq => {
+            ExprKind::Cmp(op, _, _) if *op != CmpOp::Eq => {
                 (format!("is compared with `{op}`"), String::new())
             }
             ExprKind::Cmp(_, a, b) => {
-                let other = if matches!(a.kind, ExprKind::Claim(_)) {
+                let other = if matches!(a.kind, ExprKind::Claim(_) | ExprKind::ClientParam(_)) {
                     b
                 } else {
                     a
                 };
                 let what = match &other.kind {
                     ExprKind::Claim(_) => "another token claim",
+                    ExprKind::ClientParam(_) => "a request parameter",
                     ExprKind::Str(_) | ExprKind::Number(_) | ExprKind::Bool(_) | ExprKind::Null => {
                         "a constant"
                     }
@@ -131,21 +168,36 @@ impl Checker<'_> {
             ExprKind::Distinct { .. } => ("is in IS DISTINCT FROM".to_string(), String::new()),
             _ => ("is used as a condition".to_string(), String::new()),
         };
-        let mut claims = Vec::new();
-        e.visit(&mut |x| {
-            if let ExprKind::Claim(path) = &x.kind {
-                claims.push((x.pos, path.join(".")));
-            }
-        });
-        for (pos, path) in claims {
-            self.error(
-                pos,
+        let mut found = Vec::new();
+        e.visit(&mut |x| match &x.kind {
+            ExprKind::Claim(path) => found.push((
+                x.pos,
                 format!(
-                    "`auth.{path}` {reason}: a token claim may only appear as \
-                     `column = auth.{path}` (or `auth.{path} = column`), joined to the rest \
-                     of the clause with AND or OR{suggestion}"
+                    "`auth.{p}` {reason}: a token claim may only appear as \
+                     `column = auth.{p}` (or `auth.{p} = column`), joined to the rest \
+                     of the clause with AND or OR{suggestion}",
+                    p = path.join(".")
                 ),
-            );
+            )),
+            ExprKind::ClientParam(name) => found.push((
+                x.pos,
+                format!(
+                    "`param.{name}` {reason}: a request parameter may only appear as \
+                     `column = param.{name}`, joined with AND to a claim or subquery on the \
+                     same column"
+                ),
+            )),
+            ExprKind::InSubquery { .. } => found.push((
+                x.pos,
+                format!(
+                    "this subquery {reason}: a subquery may only appear as `column IN (SELECT \
+                     …)`, joined to the rest of the clause with AND or OR"
+                ),
+            )),
+            _ => {}
+        });
+        for (pos, message) in found {
+            self.error(pos, message);
         }
     }
 }

@@ -1,0 +1,146 @@
+//! What the applier knows about each writable table, prepared once at
+//! start-up: its columns with their merge kinds and the SQL type each value
+//! is cast to, its primary key, and the statements that lock and read a row.
+//!
+//! Invariants: values are always passed as text and cast to the column's
+//! type *without* its modifiers (`varchar`, not `varchar(80)`), so that a
+//! value too long is refused by the assignment, as any INSERT would refuse
+//! it, instead of being silently cut by an explicit cast; rows are read as
+//! the text form of every column in catalog order, the form the shape
+//! predicates and the replication path use.
+
+use std::collections::HashMap;
+
+use crate::pgtypes::TypeKind;
+use crate::schema::{MergeKind, SyncedTable, TableRules};
+
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A column of a writable table.
+#[derive(Clone, Debug)]
+pub(crate) struct ColumnPlan {
+    pub name: String,
+    /// The name as an SQL identifier.
+    pub quoted: String,
+    /// The type values are cast to: `format_type(atttypid, -1)`, the type
+    /// without modifiers (`bpchar`, not `character`, which means `char(1)`).
+    pub cast: String,
+    /// How values travel; `None` for a type Outpost does not sync.
+    pub kind: Option<TypeKind>,
+    pub merge: MergeKind,
+    /// Clients hold the column (and so may write it).
+    pub synced: bool,
+}
+
+/// A writable table.
+#[derive(Clone, Debug)]
+pub(crate) struct TablePlan {
+    /// The table as clients name it.
+    pub client_name: String,
+    /// `schema.table`, as `outpost.column_versions` names it.
+    pub label: String,
+    /// `"schema"."table"`.
+    pub qualified: String,
+    /// Every column, in catalog order.
+    pub columns: Vec<ColumnPlan>,
+    /// Indexes into `columns`, in key order.
+    pub primary_key: Vec<usize>,
+    pub rules: TableRules,
+    /// The table function as SQL calls it.
+    pub function: Option<String>,
+    /// Locks the row with the key `$1…$k` and reads every column as text,
+    /// then the commit time (ms) of its last change (0 when unknown).
+    pub lock_sql: String,
+    /// `"c1"::text, "c2"::text, …`: every column as text.
+    pub returning: String,
+}
+
+impl TablePlan {
+    /// Builds the plan; `casts` maps column names to their unmodified type
+    /// names; `commit_times`: whether `track_commit_timestamp` is on.
+    pub(crate) fn new(
+        table: &SyncedTable,
+        rules: &TableRules,
+        casts: &HashMap<String, String>,
+        commit_times: bool,
+    ) -> Result<TablePlan, String> {
+        let mut columns = Vec::with_capacity(table.columns.len());
+        for (i, c) in table.columns.iter().enumerate() {
+            let cast = casts.get(&c.name).ok_or_else(|| {
+                format!(
+                    "column `{}` of `{}.{}` is gone from the database",
+                    c.name, table.schema, table.name
+                )
+            })?;
+            columns.push(ColumnPlan {
+                name: c.name.clone(),
+                quoted: quote_ident(&c.name),
+                cast: cast.clone(),
+                kind: c.kind.clone(),
+                merge: rules.merge.get(i).copied().unwrap_or_default(),
+                synced: table.synced.contains(&i),
+            });
+        }
+        let qualified = format!(
+            "{}.{}",
+            quote_ident(&table.schema),
+            quote_ident(&table.name)
+        );
+        let returning = columns
+            .iter()
+            .map(|c| format!("{}::text", c.quoted))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let commit_ms = if commit_times {
+            "coalesce((extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::int8, 0)"
+        } else {
+            "0::int8"
+        };
+        let mut plan = TablePlan {
+            client_name: table.client_name.clone(),
+            label: format!("{}.{}", table.schema, table.name),
+            qualified,
+            columns,
+            primary_key: table.primary_key.clone(),
+            rules: rules.clone(),
+            function: rules.function.as_ref().and_then(|f| f.sql_name.clone()),
+            lock_sql: String::new(),
+            returning,
+        };
+        plan.lock_sql = format!(
+            "SELECT {}, {commit_ms} FROM {} WHERE {} FOR UPDATE",
+            plan.returning,
+            plan.qualified,
+            plan.key_condition(0)
+        );
+        Ok(plan)
+    }
+
+    /// `$n::text::type`.
+    pub(crate) fn param(&self, column: usize, n: usize) -> String {
+        format!("${n}::text::{}", self.columns[column].cast)
+    }
+
+    /// `"k1" = $(offset+1)::text::t1 AND …`.
+    pub(crate) fn key_condition(&self, offset: usize) -> String {
+        self.primary_key
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                format!(
+                    "{} = {}",
+                    self.columns[c].quoted,
+                    self.param(c, offset + i + 1)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    /// The column named `name`.
+    pub(crate) fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}

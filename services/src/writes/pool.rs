@@ -1,0 +1,195 @@
+//! A small pool of Postgres connections for applying writes, each with its
+//! prepared statements cached.
+//!
+//! Invariants: at most `size` connections are in use at once; a connection
+//! goes back to the pool only outside a transaction and while open, so a
+//! caller that stops half-way through a group (an error, a cancelled task)
+//! never hands the next caller a connection with a transaction open: that
+//! connection is closed instead, and Postgres rolls its transaction back.
+//! Every connection runs with [`SESSION_SETTINGS`], so values read as text
+//! have the same form as on the replication path.
+
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
+
+use crate::snapshot::SESSION_SETTINGS;
+
+/// Prepared statements kept per connection; the cache is emptied when full.
+const MAX_STATEMENTS: usize = 512;
+
+/// Parameters of a query.
+pub(crate) type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+/// One connection and its statement cache.
+pub(crate) struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+    /// A transaction is open (BEGIN sent, no COMMIT/ROLLBACK finished).
+    in_transaction: bool,
+}
+
+impl Conn {
+    async fn statement(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        if self.statements.len() >= MAX_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Forgets every prepared statement (after the tables they read changed).
+    pub(crate) fn forget_statements(&mut self) {
+        self.statements.clear();
+    }
+
+    pub(crate) async fn query(
+        &mut self,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query(&statement, params).await
+    }
+
+    pub(crate) async fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query_opt(&statement, params).await
+    }
+
+    pub(crate) async fn execute(
+        &mut self,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.execute(&statement, params).await
+    }
+
+    /// Runs statements without parameters (simple query protocol).
+    pub(crate) async fn batch(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute(sql).await
+    }
+
+    pub(crate) async fn begin(&mut self) -> Result<(), tokio_postgres::Error> {
+        self.in_transaction = true;
+        self.client.batch_execute("BEGIN").await
+    }
+
+    pub(crate) async fn commit(&mut self) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute("COMMIT").await?;
+        self.in_transaction = false;
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(&mut self) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute("ROLLBACK").await?;
+        self.in_transaction = false;
+        Ok(())
+    }
+}
+
+/// A fixed-size pool of connections, opened on demand.
+pub(crate) struct Pool {
+    config: tokio_postgres::Config,
+    idle: Mutex<Vec<Conn>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Pool {
+    pub(crate) fn new(config: tokio_postgres::Config, size: usize) -> Arc<Pool> {
+        Arc::new(Pool {
+            config,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(size.max(1))),
+        })
+    }
+
+    /// A connection: an idle one, or a new one.
+    pub(crate) async fn get(self: &Arc<Self>) -> Result<PooledConn, tokio_postgres::Error> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap_or_else(|_| unreachable!("the pool's semaphore is never closed"));
+        let idle = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
+        let conn = match idle {
+            Some(conn) if !conn.client.is_closed() => conn,
+            _ => self.connect().await?,
+        };
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    async fn connect(&self) -> Result<Conn, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "write connection closed");
+            }
+        });
+        client.batch_execute(SESSION_SETTINGS).await?;
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+            in_transaction: false,
+        })
+    }
+}
+
+/// A connection lent by the pool; it goes back when dropped.
+pub(crate) struct PooledConn {
+    conn: Option<Conn>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Deref for PooledConn {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a pooled connection is present until dropped"))
+    }
+}
+
+impl DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a pooled connection is present until dropped"))
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if conn.in_transaction || conn.client.is_closed() {
+            // Dropping the client closes the connection; Postgres rolls
+            // back whatever was open.
+            return;
+        }
+        if let Ok(mut idle) = self.pool.idle.lock() {
+            idle.push(conn);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Last-writer-wins: per column, the newest clock reading wins, ties go to
+//! the larger client id, and changes made directly in Postgres count at
+//! their commit time.
+
+use super::*;
+
+const SQL: &str = "
+CREATE TABLE notes (
+    id bigint PRIMARY KEY,
+    title text,
+    body text
+);
+";
+
+const RULES: &str = r#"
+[shapes.notes]
+table = "notes"
+
+[tables.notes]
+insert = "true"
+update = "true"
+delete = "true"
+"#;
+
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn write(applier: &Applier, client: &str, seq: u64, op: WriteOp) {
+    let results = applier
+        .apply(client, &claims(client), &[group(seq, vec![op])])
+        .await
+        .expect("apply");
+    assert_eq!(outcomes(&results), [applied()], "{results:?}");
+}
+
+fn set(id: i64, column: &str, value: &str, at: u64) -> WriteOp {
+    update("notes", id, vec![col(column, text(value))], at)
+}
+
+#[test]
+fn the_latest_clock_wins_per_column() {
+    let pg = cluster(SQL, false);
+    runtime().block_on(async {
+        let applier = applier(&pg, RULES).await;
+        for id in 1..=4 {
+            let row = vec![col("title", text("init")), col("body", text("init"))];
+            write(
+                &applier,
+                "setup",
+                id as u64,
+                insert("notes", id, row, hlc(1_000)),
+            )
+            .await;
+        }
+        // Row 1: the newer write arrives first; row 2: last.
+        write(&applier, "a", 1, set(1, "title", "newer", hlc(3_000))).await;
+        write(&applier, "b", 1, set(1, "title", "older", hlc(2_000))).await;
+        write(&applier, "b", 2, set(2, "title", "older", hlc(2_000))).await;
+        write(&applier, "a", 2, set(2, "title", "newer", hlc(3_000))).await;
+        // Row 3: different columns both survive, whatever their clocks.
+        write(&applier, "a", 3, set(3, "title", "from a", hlc(5_000))).await;
+        write(&applier, "b", 3, set(3, "body", "from b", hlc(4_000))).await;
+        // Row 4: a tie of clocks goes to the larger client id, in either order.
+        write(&applier, "b", 4, set(4, "title", "from b", hlc(6_000) + 7)).await;
+        write(&applier, "a", 4, set(4, "title", "from a", hlc(6_000) + 7)).await;
+        write(&applier, "a", 5, set(4, "body", "from a", hlc(6_000) + 7)).await;
+        write(&applier, "b", 5, set(4, "body", "from b", hlc(6_000) + 7)).await;
+        // An insert of an existing key merges like an update.
+        let late_insert = insert(
+            "notes",
+            1,
+            vec![col("title", text("late insert"))],
+            hlc(2_500),
+        );
+        write(&applier, "c", 1, late_insert).await;
+    });
+    assert_eq!(
+        query(&pg, "SELECT id, title, body FROM notes ORDER BY id"),
+        "1|newer|init\n2|newer|init\n3|from a|from b\n4|from b|from b"
+    );
+}
+
+#[test]
+fn direct_changes_count_at_their_commit_time() {
+    let pg = cluster(SQL, true);
+    runtime().block_on(async {
+        let applier = applier(&pg, RULES).await;
+        let now = now_ms();
+        let row = vec![col("title", text("client")), col("body", text("client"))];
+        write(
+            &applier,
+            "a",
+            1,
+            insert("notes", 1, row, hlc(now - 120_000)),
+        )
+        .await;
+        pg.psql(DB, "UPDATE notes SET title = 'direct' WHERE id = 1")
+            .expect("direct update");
+        // Older than the direct commit: the direct value stays.
+        write(
+            &applier,
+            "b",
+            1,
+            set(1, "title", "stale", hlc(now - 60_000)),
+        )
+        .await;
+        // The other column still carries Outpost's version.
+        write(&applier, "b", 2, set(1, "body", "newer", hlc(now - 60_000))).await;
+        assert_eq!(
+            query(&pg, "SELECT title, body FROM notes WHERE id = 1"),
+            "direct|newer"
+        );
+        // Newer than the direct commit: the client's value wins.
+        write(
+            &applier,
+            "c",
+            1,
+            set(1, "title", "fresh", hlc(now + 60_000)),
+        )
+        .await;
+        assert_eq!(query(&pg, "SELECT title FROM notes WHERE id = 1"), "fresh");
+        // A row inserted directly has no versions: it counts at its commit.
+        pg.psql(DB, "INSERT INTO notes VALUES (2, 'direct', 'direct')")
+            .expect("direct insert");
+        write(
+            &applier,
+            "c",
+            2,
+            set(2, "title", "stale", hlc(now - 60_000)),
+        )
+        .await;
+        write(&applier, "c", 3, set(2, "body", "fresh", hlc(now + 60_000))).await;
+        assert_eq!(
+            query(&pg, "SELECT title, body FROM notes WHERE id = 2"),
+            "direct|fresh"
+        );
+    });
+}
+
+#[test]
+fn without_commit_timestamps_direct_changes_are_oldest() {
+    let pg = cluster(SQL, false);
+    runtime().block_on(async {
+        let applier = applier(&pg, RULES).await;
+        pg.psql(DB, "INSERT INTO notes VALUES (1, 'direct', 'direct')")
+            .expect("direct insert");
+        write(&applier, "a", 1, set(1, "title", "client", hlc(1))).await;
+        assert_eq!(query(&pg, "SELECT title FROM notes WHERE id = 1"), "client");
+    });
+}
