@@ -43,7 +43,8 @@ enum Command {
         #[arg(long)]
         db: PathBuf,
         /// A shape to sync (repeatable); none means the schema's default set.
-        #[arg(long = "shape", value_name = "NAME")]
+        /// Narrow a shape with its declared parameters: `NAME:PARAM=VALUE,…`.
+        #[arg(long = "shape", value_name = "NAME[:PARAM=VALUE,…]")]
         shapes: Vec<String>,
         /// Stop once the replica has caught up with the service and every
         /// local write has been answered and, if applied, synced back.

@@ -99,12 +99,12 @@ pub async fn compile_schema_and_rules(
         .await
         .map_err(ServiceError::Connect)?;
     let task = tokio::spawn(connection);
-    let catalog = Catalog::load(&client, &source.tables())
+    let catalog = Catalog::load(&client, &source.read_tables())
         .await
         .map_err(|e| ServiceError::Catalog(e.to_string()));
     let result = match catalog {
         Ok(catalog) => {
-            let compiled = schema::compile(&source, &catalog);
+            let compiled = schema::compile(&source, &catalog).map(|s| s.with_limits(cfg.limits.clone()));
             let rules = match schema::compile_rules(&source, &catalog) {
                 Ok(mut rules) => schema::resolve_functions(&mut rules, &client)
                     .await

@@ -131,11 +131,7 @@ fn compare(user: &str, shapes: &[ShapeQuery], want: &[Rows], got: &[Rows]) -> Op
     let mut out = String::new();
     for ((shape, w), g) in shapes.iter().zip(want).zip(got) {
         if w != g {
-            out.push_str(&format!(
-                "{user}.{}:\n{}\n",
-                shape.table,
-                diff_rows(w, g)
-            ));
+            out.push_str(&format!("{user}.{}:\n{}\n", shape.table, diff_rows(w, g)));
         }
     }
     (!out.is_empty()).then_some(out)
@@ -167,7 +163,10 @@ async fn statement(
     let todos = ids(pg, "SELECT id FROM todos ORDER BY id").await?;
     let comments = ids(pg, "SELECT id FROM comments ORDER BY id").await?;
     let members: Vec<(i64, String)> = pg
-        .query("SELECT list_id, user_id FROM list_members ORDER BY 1, 2", &[])
+        .query(
+            "SELECT list_id, user_id FROM list_members ORDER BY 1, 2",
+            &[],
+        )
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -182,9 +181,9 @@ async fn statement(
             )
         }
         8..24 => match pick(rng, &lists) {
-            Some(l) => format!(
-                "INSERT INTO list_members VALUES ({l}, '{user}') ON CONFLICT DO NOTHING"
-            ),
+            Some(l) => {
+                format!("INSERT INTO list_members VALUES ({l}, '{user}') ON CONFLICT DO NOTHING")
+            }
             None => String::new(),
         },
         24..36 => match pick(rng, &members) {
@@ -314,7 +313,10 @@ async fn membership_shapes_match_the_oracle_at_every_checkpoint() -> anyhow::Res
         .iter()
         .map(|u| (*u, db.replica_path(u), shapes(u)))
         .collect();
-    let tokens: Vec<String> = USERS.iter().map(|u| db.token(u)).collect::<Result<_, _>>()?;
+    let tokens: Vec<String> = USERS
+        .iter()
+        .map(|u| db.token(u))
+        .collect::<Result<_, _>>()?;
     let mut clients: Vec<Option<BackgroundClient>> = users
         .iter()
         .zip(&tokens)
@@ -341,8 +343,10 @@ async fn membership_shapes_match_the_oracle_at_every_checkpoint() -> anyhow::Res
     };
     oracle_now(0).await?;
 
-    // The poller checks every replica state it can see while steps run.
+    // The poller checks every replica state it can see while steps run; it
+    // stops when the test ends, however it ends.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_poller = StopOnDrop(stop.clone());
     let poller = {
         let (users, expected, stop) = (users.clone(), expected.clone(), stop.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Vec<String>)> {
@@ -364,10 +368,8 @@ async fn membership_shapes_match_the_oracle_at_every_checkpoint() -> anyhow::Res
                 let mut behind = Vec::new();
                 for (u, (user, path, shapes)) in users.iter().enumerate() {
                     let (_, rows) = ReplicaState::read_tables(path, shapes)?;
-                    let want = expected
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("poisoned"))?[&step][u]
-                        .clone();
+                    let want =
+                        expected.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[&step][u].clone();
                     if step_of(&rows) != Some(step) {
                         behind.push(format!("{user} is at step {:?}", step_of(&rows)));
                     } else if let Some(diff) = compare(user, shapes, &want, &rows) {
@@ -460,6 +462,15 @@ async fn membership_shapes_match_the_oracle_at_every_checkpoint() -> anyhow::Res
     }
     service.shutdown().await?;
     Ok(())
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Stops a client and returns its events.

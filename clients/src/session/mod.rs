@@ -61,7 +61,8 @@ pub struct SyncOptions {
     pub token: String,
     /// The replica file (created if missing).
     pub db: PathBuf,
-    /// Shapes to sync by name; empty for the schema's default set.
+    /// Shapes to sync by name; empty for the schema's default set. A shape
+    /// with client parameters is written `name:param=value,param=value`.
     pub shapes: Vec<String>,
     /// Return once a checkpoint is applied and every local write has been
     /// answered and, if applied, brought back by a checkpoint, instead of
@@ -245,9 +246,25 @@ fn classify(status: tonic::Status) -> Stop {
     match status.code() {
         Code::Unauthenticated => Stop::Fatal(ClientError::Unauthenticated(message)),
         Code::PermissionDenied => Stop::Fatal(ClientError::PermissionDenied(message)),
-        Code::InvalidArgument | Code::NotFound => Stop::Fatal(ClientError::InvalidRequest(message)),
+        Code::InvalidArgument | Code::NotFound | Code::ResourceExhausted => {
+            Stop::Fatal(ClientError::InvalidRequest(message))
+        }
         Code::Unimplemented => Stop::Fatal(ClientError::Unimplemented(message)),
         code => Stop::Retry(format!("{code:?}: {message}")),
+    }
+}
+
+/// A shape as the options name it: `name`, or `name:param=value,param=value`
+/// to narrow it with the shape's declared parameters.
+fn shape_request(spec: &str) -> ShapeRequest {
+    let (name, params) = spec.split_once(':').unwrap_or((spec, ""));
+    ShapeRequest {
+        name: name.to_string(),
+        params: params
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+            .collect(),
     }
 }
 
@@ -378,10 +395,7 @@ impl Run<'_> {
                 .opts
                 .shapes
                 .iter()
-                .map(|name| ShapeRequest {
-                    name: name.clone(),
-                    ..ShapeRequest::default()
-                })
+                .map(|spec| shape_request(spec.as_str()))
                 .collect(),
             cursors: state.cursors,
             epoch: state.epoch,

@@ -88,7 +88,9 @@ impl Harness {
         let dir = tempfile::tempdir().expect("dir");
         let path = database_path(dir.path());
         let mut store = StoreWriter::open(&path).expect("store");
-        store.reinitialise(&schema.version, "slot", "epoch").expect("init");
+        store
+            .reinitialise(&schema.version, "slot", "epoch")
+            .expect("init");
         store.commit().expect("commit");
         let mut changes = RowChanges::new(Arc::new(schema));
         for (i, (name, columns)) in TABLES.iter().enumerate() {
@@ -151,7 +153,12 @@ impl Harness {
         self.readers
             .read(|txn| {
                 let mut out = Vec::new();
-                for b in ["comments#0[1]", "comments#0[2]", "comments#1[1]", "comments#1[2]"] {
+                for b in [
+                    "comments#0[1]",
+                    "comments#0[2]",
+                    "comments#1[1]",
+                    "comments#1[2]",
+                ] {
                     let info = txn.bucket(b)?;
                     if info.count > 0 {
                         out.push((b.to_string(), info.count));

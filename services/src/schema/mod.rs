@@ -78,6 +78,38 @@
 //! where = "(owner = auth.sub OR assignee = auth.sub) AND NOT archived"
 //! # two buckets: visible_todos#0[owner], visible_todos#1[assignee]
 //! ```
+//!
+//! # Membership subqueries
+//!
+//! `column IN (SELECT x FROM t WHERE … AND t.y = auth.claim)` is a
+//! *membership*: the row's bucket key is its `column` value, and a user's
+//! keys are the `x` values of the `t` rows whose `y` is the claim (and whose
+//! other conditions are TRUE), kept in an index as `t` changes. A subquery
+//! whose WHERE holds `t.z IN (SELECT …)` instead is a *hop* through the
+//! parent table `t`: `x` must be `t`'s single-column primary key, and the key
+//! continues from the parent row's `z` (at most 4 hops, ending in a
+//! membership). So the comments of the todos of the lists shared with a user
+//! are bucketed by list, and a user holds one bucket per visible list:
+//!
+//! ```toml
+//! [shapes.shared_comments]
+//! table = "comments"
+//! where = """todo_id IN (SELECT id FROM todos WHERE list_id IN
+//!              (SELECT list_id FROM list_members WHERE user_id = auth.sub))"""
+//! ```
+//!
+//! When a membership row appears or goes, open streams of that user receive
+//! the newly visible buckets whole, or a reset of the buckets that left, at
+//! one checkpoint. Correlated subqueries, hops through a non-key column,
+//! aggregates, `NOT IN (SELECT …)`, `EXISTS`, joins and a chain that never
+//! reaches `= auth.claim` are refused at start-up with what to write instead.
+//!
+//! # Client parameters
+//!
+//! `column = param.name` lets a client ask for part of what its token allows
+//! (`ShapeRequest.params`): allowed only on a column the token also keys in
+//! that branch, so a parameter narrows and never widens. Such a shape must be
+//! `default = false`.
 
 mod catalog;
 mod compile;
@@ -97,7 +129,8 @@ mod tests;
 
 pub use catalog::Catalog;
 pub use compile::{
-    BucketDef, BucketParam, ColumnDef, CompiledSchema, MAX_BRANCHES, ShapeDef, SyncedTable, compile,
+    BucketDef, BucketParam, ColumnDef, CompiledSchema, Hop, KeySource, MAX_BRANCHES, MembershipDef,
+    ShapeDef, SyncedTable, compile,
 };
 pub use error::{CatalogError, SchemaError, SchemaErrors, ShapeRequestError};
 pub use file::{SchemaSource, load_dir};

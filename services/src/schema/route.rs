@@ -277,7 +277,11 @@ impl CompiledSchema {
     /// What children's keys read of a row of `table` acting as a parent:
     /// for each hop through it, whether its condition is TRUE and the value
     /// it continues with. Children need re-routing only when this changes.
-    pub fn parent_signature(&self, table: usize, row: &[Option<&str>]) -> Vec<(bool, Option<String>)> {
+    pub fn parent_signature(
+        &self,
+        table: usize,
+        row: &[Option<&str>],
+    ) -> Vec<(bool, Option<String>)> {
         let Some(targets) = self.hop_targets.get(table) else {
             return Vec::new();
         };

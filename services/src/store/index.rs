@@ -87,7 +87,11 @@ impl StoreWriter {
     }
 
     /// The mirror keys of the rows that reach `parent` through `source`.
-    pub fn link_children(&mut self, source: usize, parent: &str) -> Result<Vec<String>, StoreError> {
+    pub fn link_children(
+        &mut self,
+        source: usize,
+        parent: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT child FROM links WHERE source = ?1 AND parent = ?2")?;
@@ -98,7 +102,11 @@ impl StoreWriter {
 
 impl ReadTxn<'_> {
     /// The key elements membership `membership` gives `user_key`, sorted.
-    pub fn member_keys(&self, membership: usize, user_key: &str) -> Result<Vec<String>, StoreError> {
+    pub fn member_keys(
+        &self,
+        membership: usize,
+        user_key: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT DISTINCT key FROM members WHERE membership = ?1 AND user_key = ?2 ORDER BY key",
         )?;

@@ -88,7 +88,12 @@ impl RowChanges {
             return Ok(());
         }
         let signature = |v: Option<Keyed<'_>>| {
-            v.map(|(key, row)| (key.to_string(), schema.parent_signature(table, &row.as_refs())))
+            v.map(|(key, row)| {
+                (
+                    key.to_string(),
+                    schema.parent_signature(table, &row.as_refs()),
+                )
+            })
         };
         let (before, after) = (signature(old), signature(new));
         if before == after {

@@ -130,7 +130,11 @@ pub(super) fn check_table(
 }
 
 /// Two tables must not meet under one client name (`a.b_c` and `a_b.c`).
-pub(super) fn check_client_names(tables: &[SyncedTable], source: &SchemaSource, errors: &mut Errors<'_>) {
+pub(super) fn check_client_names(
+    tables: &[SyncedTable],
+    source: &SchemaSource,
+    errors: &mut Errors<'_>,
+) {
     let shape_of = |t: &SyncedTable| {
         source
             .shapes
@@ -154,4 +158,3 @@ pub(super) fn check_client_names(tables: &[SyncedTable], source: &SchemaSource, 
         }
     }
 }
-

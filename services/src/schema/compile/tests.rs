@@ -4,8 +4,8 @@
 use serde_json::json;
 
 use super::super::tests::{catalog, col, compile_files, table};
-use crate::schema::catalog::Catalog;
 use super::{CompiledSchema, KeySource};
+use crate::schema::catalog::Catalog;
 use crate::store::TextRow;
 use outpost_proto::v1::ShapeRequest;
 
@@ -105,10 +105,17 @@ fn owner_or_member_lists() {
     assert_eq!(s.tables[members].synced, [0, 1], "its primary key");
     assert!(s.tables[0].sent);
     let mut out = Vec::new();
-    s.route(0, &[Some("7"), Some("alice"), Some("x"), Some("f")], &mut out);
+    s.route(
+        0,
+        &[Some("7"), Some("alice"), Some("x"), Some("f")],
+        &mut out,
+    );
     assert_eq!(out, [r#"lists#0["alice"]"#, "lists#1[7]"]);
     let selectors = s.user_buckets(&[], &claims("bob")).expect("selectors");
-    assert_eq!(selectors, [r#"lists#0["bob"]"#, r#"@0:8:1:lists#1[]["bob"]"#]);
+    assert_eq!(
+        selectors,
+        [r#"lists#0["bob"]"#, r#"@0:8:1:lists#1[]["bob"]"#]
+    );
     assert_eq!(s.selector_keys(&selectors), [(0, r#"["bob"]"#.to_string())]);
     let names = s
         .expand_selectors(&selectors, &mut |m, user| {
@@ -121,10 +128,17 @@ fn owner_or_member_lists() {
     let entries = s.member_entries(members, &[Some("7"), Some("bob"), None]);
     assert_eq!(entries.len(), 1);
     assert_eq!(
-        (entries[0].membership, entries[0].user_key.as_str(), entries[0].key.as_str()),
+        (
+            entries[0].membership,
+            entries[0].user_key.as_str(),
+            entries[0].key.as_str()
+        ),
         (0, r#"["bob"]"#, "7")
     );
-    assert!(s.member_entries(members, &[Some("7"), None, None]).is_empty());
+    assert!(
+        s.member_entries(members, &[Some("7"), None, None])
+            .is_empty()
+    );
 }
 
 #[test]
@@ -140,20 +154,33 @@ fn branches_with_one_row_side_share_a_definition() {
     assert_eq!(defs.len(), 1, "{defs:#?}");
     assert_eq!(
         defs[0].grants,
-        [vec![KeySource::Membership(0)], vec![KeySource::Membership(1)]]
+        [
+            vec![KeySource::Membership(0)],
+            vec![KeySource::Membership(1)]
+        ]
     );
     assert_eq!(s.memberships.len(), 2);
     let lists = s.table_index("public", "lists").expect("lists");
     // A list row gives its owner a key only while it is not archived.
     let owned = s.member_entries(lists, &[Some("3"), Some("ann"), None, Some("f")]);
     assert_eq!(owned.len(), 1);
-    assert_eq!((owned[0].user_key.as_str(), owned[0].key.as_str()), (r#"["ann"]"#, "3"));
+    assert_eq!(
+        (owned[0].user_key.as_str(), owned[0].key.as_str()),
+        (r#"["ann"]"#, "3")
+    );
     assert!(
         s.member_entries(lists, &[Some("3"), Some("ann"), None, Some("t")])
             .is_empty()
     );
     let mut out = Vec::new();
-    let todo = [Some("1"), Some("3"), Some("ann"), Some("t"), Some("f"), None];
+    let todo = [
+        Some("1"),
+        Some("3"),
+        Some("ann"),
+        Some("t"),
+        Some("f"),
+        None,
+    ];
     s.route(0, &todo, &mut out);
     assert_eq!(out, ["todos#0[3]"]);
     let selectors = s.user_buckets(&[], &claims("ann")).expect("selectors");
@@ -202,7 +229,10 @@ fn comments_reach_their_list_through_todos_and_lists() {
     );
     assert!(route(vec![(todos, "[5]", todo("t")), (lists, "[7]", list("f"))]).is_empty());
     assert!(route(vec![(todos, "[5]", todo("f")), (lists, "[7]", list("t"))]).is_empty());
-    assert!(route(vec![(lists, "[7]", list("f"))]).is_empty(), "no parent");
+    assert!(
+        route(vec![(lists, "[7]", list("f"))]).is_empty(),
+        "no parent"
+    );
     // Without a parent lookup, hops route nowhere.
     let mut out = Vec::new();
     s.route(0, &comment, &mut out);
@@ -225,7 +255,15 @@ fn comments_reach_their_list_through_todos_and_lists() {
         s.parent_signature(todos, &todo("f").as_refs()),
         s.parent_signature(
             todos,
-            &row(&[Some("5"), Some("7"), Some("x"), Some("y"), Some("f"), Some("1")]).as_refs()
+            &row(&[
+                Some("5"),
+                Some("7"),
+                Some("x"),
+                Some("y"),
+                Some("f"),
+                Some("1")
+            ])
+            .as_refs()
         ),
         "columns the hops do not read do not matter"
     );
@@ -242,7 +280,10 @@ fn request_parameters_narrow() {
         )
     );
     let s = compiled(&text);
-    assert_eq!(s.shapes[0].buckets[0].client_params, [(0, "list_id".to_string())]);
+    assert_eq!(
+        s.shapes[0].buckets[0].client_params,
+        [(0, "list_id".to_string())]
+    );
     let names = vec!["list_todos#0[1]".to_string(), "list_todos#0[2]".to_string()];
     let request = |params: &[(&str, &str)]| ShapeRequest {
         name: "list_todos".into(),
@@ -252,7 +293,8 @@ fn request_parameters_narrow() {
             .collect(),
     };
     assert_eq!(
-        s.narrow(names.clone(), &[request(&[("list_id", "2")])]).expect("narrow"),
+        s.narrow(names.clone(), &[request(&[("list_id", "2")])])
+            .expect("narrow"),
         ["list_todos#0[2]"]
     );
     assert_eq!(
@@ -295,7 +337,10 @@ fn request_parameters_narrow() {
     assert_eq!(e.len(), 1);
     assert!(e[0].ends_with("add `default = false`"), "{e:?}");
     // A parameter on a column the token does not key is refused.
-    let e = error_of("todos", &format!("title = param.t AND list_id IN ({MEMBER})"));
+    let e = error_of(
+        "todos",
+        &format!("title = param.t AND list_id IN ({MEMBER})"),
+    );
     assert!(
         e.contains("`param.t` narrows `title`, which an alternative of shape `s` does not key"),
         "{e}"
@@ -398,7 +443,10 @@ fn refusals_say_why_and_what_to_write() {
     ];
     for (table, clause, expected) in cases {
         let e = error_of(table, clause);
-        assert!(e.contains(expected), "{clause}\n  got: {e}\n  want: {expected}");
+        assert!(
+            e.contains(expected),
+            "{clause}\n  got: {e}\n  want: {expected}"
+        );
     }
 }
 
@@ -409,7 +457,9 @@ fn chains_are_bounded() {
     for _ in 0..4 {
         inner = format!("id IN (SELECT id FROM lists WHERE {inner})");
     }
-    let clause = format!("todo_id IN (SELECT id FROM todos WHERE list_id IN (SELECT id FROM lists WHERE {inner}))");
+    let clause = format!(
+        "todo_id IN (SELECT id FROM todos WHERE list_id IN (SELECT id FROM lists WHERE {inner}))"
+    );
     let e = error_of("comments", &clause);
     assert!(e.contains("subqueries nest too deep"), "{e}");
 }
@@ -421,7 +471,10 @@ fn positions_point_into_the_subquery() {
         "list_id IN (SELECT list_id FROM list_membrs WHERE user_id = auth.sub)",
     );
     // The clause starts at 3:12; the table name is 32 characters in.
-    assert!(e.starts_with("a.toml:3:44: unknown table `list_membrs`"), "{e}");
+    assert!(
+        e.starts_with("a.toml:3:44: unknown table `list_membrs`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -431,7 +484,12 @@ fn versions_follow_memberships() {
     assert_eq!(base, v(&format!("list_id IN ( {MEMBER} )")));
     assert_ne!(
         base,
-        v("list_id IN (SELECT list_id FROM list_members WHERE user_id = auth.sub AND role = 'admin')")
+        v(
+            "list_id IN (SELECT list_id FROM list_members WHERE user_id = auth.sub AND role = 'admin')"
+        )
     );
-    assert_ne!(base, v("list_id IN (SELECT list_id FROM list_members WHERE user_id = auth.email)"));
+    assert_ne!(
+        base,
+        v("list_id IN (SELECT list_id FROM list_members WHERE user_id = auth.email)")
+    );
 }

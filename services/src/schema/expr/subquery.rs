@@ -123,10 +123,7 @@ impl Converter<'_> {
         };
         if let sql::Expr::Function(f) = selected {
             let at = self.span_pos(selected.span(), pos);
-            return self.refuse(
-                at,
-                &format!("the function or aggregate `{}(…)`", f.name),
-            );
+            return self.refuse(at, &format!("the function or aggregate `{}(…)`", f.name));
         }
         let column = self.boxed(selected, pos);
         let filter = match &select.selection {

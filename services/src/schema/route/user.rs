@@ -86,6 +86,13 @@ fn lookup<'a>(
     Some(v)
 }
 
+/// Reads the membership index: `(membership, user key)` → key elements.
+pub type MemberLookup<'a, E> = dyn FnMut(usize, &str) -> Result<Vec<String>, E> + 'a;
+
+/// The `(key position, element)` pairs a narrowed definition's buckets
+/// must have.
+type Fixed = Vec<(usize, String)>;
+
 /// A parsed membership selector.
 struct MemberSelector<'a> {
     membership: usize,
@@ -138,7 +145,13 @@ fn parse_bucket(name: &str, shape: &str) -> Option<(usize, Vec<String>)> {
     let open = rest.find('[')?;
     let def = rest[..open].parse().ok()?;
     let inside = rest[open + 1..].strip_suffix(']')?;
-    Some((def, split_elems(inside).into_iter().map(str::to_string).collect()))
+    Some((
+        def,
+        split_elems(inside)
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+    ))
 }
 
 impl CompiledSchema {
@@ -232,11 +245,7 @@ impl CompiledSchema {
                             tail.push_str(&elems[at..].join(","));
                             tail.push(']');
                             debug_assert!(name.len() + 1 >= head.len() + tail.len());
-                            format!(
-                                "@{m}:{}:{}:{head}{tail}{user_key}",
-                                head.len(),
-                                tail.len()
-                            )
+                            format!("@{m}:{}:{}:{head}{tail}{user_key}", head.len(), tail.len())
                         }
                     };
                     if !out.contains(&selector) {
@@ -267,7 +276,7 @@ impl CompiledSchema {
     pub fn expand_selectors<E>(
         &self,
         selectors: &[String],
-        members: &mut dyn FnMut(usize, &str) -> Result<Vec<String>, E>,
+        members: &mut MemberLookup<'_, E>,
     ) -> Result<Vec<String>, E> {
         let mut out = Vec::with_capacity(selectors.len());
         let mut seen = HashSet::new();
@@ -302,7 +311,7 @@ impl CompiledSchema {
     ) -> Result<Vec<String>, RequestError> {
         // Per narrowed shape: for each request, per definition, the
         // `(key position, element)` pairs a bucket must match.
-        let mut wanted: HashMap<&str, Vec<Vec<Vec<(usize, String)>>>> = HashMap::new();
+        let mut wanted: HashMap<&str, Vec<Vec<Fixed>>> = HashMap::new();
         for r in requests {
             let Some(shape) = self.shapes.iter().find(|s| s.name == r.name) else {
                 return Err(RequestError::UnknownShape {
@@ -408,7 +417,10 @@ mod tests {
         );
         assert!(parse_selector("todos#0[1]").is_none());
         assert!(parse_selector("@1:99:0:x").is_none());
-        assert_eq!(split_elems(r#"1,"a,\"b",null"#), ["1", r#""a,\"b""#, "null"]);
+        assert_eq!(
+            split_elems(r#"1,"a,\"b",null"#),
+            ["1", r#""a,\"b""#, "null"]
+        );
         assert!(split_elems("").is_empty());
         assert_eq!(
             parse_bucket(r#"s#12[1,"x"]"#, "s"),

@@ -136,7 +136,7 @@ fn unsupported_sql_is_named() {
             "a.toml:3:12: the function call `lower(…)` is not supported in a shape filter",
             "a.toml:3:23: the parameter `$1` (use `auth.<claim>` for token values) is not supported in a shape filter",
             "a.toml:3:29: the operator `+` is not supported in a shape filter",
-            "a.toml:3:42: a subquery is not supported in a shape filter",
+            "a.toml:3:48: a subquery must read one table: write `column IN (SELECT column FROM table WHERE …)`",
             "a.toml:3:61: CASE is not supported in a shape filter",
             "a.toml:3:87: type modifiers in `NUMERIC(10,2)` are not supported; cast to the plain type",
             "a.toml:3:111: SIMILAR TO is not supported in a shape filter",

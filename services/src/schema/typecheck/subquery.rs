@@ -97,7 +97,11 @@ fn prints_canonically(ty: &SqlType) -> bool {
 impl<'a> Checker<'a> {
     fn outer_names(&self) -> Vec<String> {
         let mut names = self.outer.clone();
-        names.push(self.alias.clone().unwrap_or_else(|| self.table.name.clone()));
+        names.push(
+            self.alias
+                .clone()
+                .unwrap_or_else(|| self.table.name.clone()),
+        );
         names
     }
 
