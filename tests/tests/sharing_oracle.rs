@@ -404,9 +404,20 @@ async fn membership_shapes_match_the_oracle_at_every_checkpoint() -> anyhow::Res
         }
         sql.push_str(&format!("UPDATE clock SET step = {step};\nCOMMIT;"));
         log.push(format!("step {step}: {}", sql.replace('\n', " ")));
-        pg.batch_execute(&sql)
-            .await
-            .with_context(|| format!("step {step}: {sql}"))?;
+        if let Err(e) = pg.batch_execute(&sql).await {
+            // The random statements may contradict each other within a step
+            // (e.g. a todo moved to a list the same step deleted): Postgres
+            // refuses the step, which then only advances the clock.
+            let integrity = e.code().is_some_and(|c| c.code().starts_with("23"));
+            if !integrity {
+                return Err(e).with_context(|| format!("step {step}: {sql}"));
+            }
+            pg.batch_execute("ROLLBACK").await.ok();
+            pg.batch_execute(&format!("UPDATE clock SET step = {step}"))
+                .await
+                .with_context(|| format!("step {step}: advancing the clock"))?;
+            log.push(format!("step {step}: refused by Postgres ({e}); clock only"));
+        }
         oracle_now(step).await?;
         // Now and then a client goes offline for a while, then resumes from
         // its cursors.
