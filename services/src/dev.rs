@@ -278,6 +278,62 @@ async fn demo(
     if rows.contains("Groceries") {
         bail!("the revoked list is still in bob's replica");
     }
+    write_demo(client, server, alice, &alice_db, pg).await
+}
+
+/// Demos 5 and 6: local writes reach Postgres; a refused write comes back.
+async fn write_demo(
+    client: &Path,
+    server: &str,
+    alice: &str,
+    alice_db: &str,
+    pg: &PgCluster,
+) -> anyhow::Result<()> {
+    let step = |title: &str| println!("── {title}");
+    step("demo 5: alice writes to her replica with plain SQL; the writes reach Postgres");
+    let write = "UPDATE todos SET done = 1, likes = likes + 1 WHERE id = 1; \
+                 INSERT INTO todos (id, list_id, owner, title) VALUES (1000, 2, 'alice', 'Written in alice''s replica')";
+    println!("   outpost-client exec: {write}");
+    run_client(client, &["exec", "--db", alice_db, write])?;
+    sync_until(client, server, alice, alice_db, "SELECT 1", |_| true).await?;
+    let in_pg = pg.psql(
+        DATABASE,
+        "SELECT id, title, done, likes FROM todos WHERE id IN (1, 1000) ORDER BY id",
+    )?;
+    println!("in Postgres now:\n{}", indent(&in_pg));
+    if !in_pg.contains("Written in alice's replica") {
+        bail!("alice's local insert did not reach Postgres");
+    }
+    step("demo 6: a write the rules refuse is reported back and undone in the replica");
+    let refused = "UPDATE todos SET owner = 'bob' WHERE id = 2";
+    println!("   outpost-client exec: {refused}   (rule: update needs new.owner = auth.sub)");
+    run_client(client, &["exec", "--db", alice_db, refused])?;
+    let rows = sync_until(
+        client,
+        server,
+        alice,
+        alice_db,
+        "SELECT reason_code, message FROM _outpost_rejections ORDER BY id DESC LIMIT 1",
+        |r| r.contains("permission_denied"),
+    )
+    .await?;
+    println!("alice's _outpost_rejections:\n{}", indent(&rows));
+    let owner = run_client(
+        client,
+        &[
+            "query",
+            "--db",
+            alice_db,
+            "SELECT id, owner FROM todos WHERE id = 2",
+        ],
+    )?;
+    println!(
+        "todo 2 in alice's replica, back to the server's value:\n{}",
+        indent(&owner)
+    );
+    if !rows.contains("permission_denied") || !owner.contains("alice") {
+        bail!("the refused write was not reported and undone");
+    }
     Ok(())
 }
 
