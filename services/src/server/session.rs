@@ -392,7 +392,7 @@ fn catch_up(
 /// The schema message for the tables a session reads.
 fn schema_message(ctx: &SyncContext, table_indexes: &[usize]) -> Schema {
     let schema = &ctx.schema;
-    let tables = table_indexes
+    let tables: Vec<TableSchema> = table_indexes
         .iter()
         .map(|&i| {
             let t = &schema.tables[i];
@@ -424,8 +424,15 @@ fn schema_message(ctx: &SyncContext, table_indexes: &[usize]) -> Schema {
             }
         })
         .collect();
+    // The version covers what the client builds from the message (columns,
+    // types, merge kinds), not only what decides bucket contents.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&schema.version, &mut hasher);
+    for t in &tables {
+        std::hash::Hash::hash(&prost::Message::encode_to_vec(t), &mut hasher);
+    }
     Schema {
-        version: schema.version.clone(),
+        version: format!("{}-{:016x}", schema.version, std::hash::Hasher::finish(&hasher)),
         tables,
     }
 }
