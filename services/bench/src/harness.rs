@@ -35,6 +35,10 @@ pub const SHAPES: &str = r#"
 [shapes.my_items]
 table = "items"
 where = "owner = auth.sub"
+
+[tables.items]
+insert = "new.owner = auth.sub"
+update = "old.owner = auth.sub AND new.owner = auth.sub"
 "#;
 
 pub struct Bench {

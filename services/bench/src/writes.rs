@@ -1,0 +1,135 @@
+//! B6: client writes through the service's `Write` call from 8 concurrent
+//! clients (one single-op group per call, each client waiting for its
+//! answer, as a pgbench client waits for its commit), next to pgbench
+//! running the equivalent `INSERT … ON CONFLICT DO UPDATE` with 8 clients.
+
+use crate::harness::{Bench, DB, run_pg_tool, wait_for_store};
+use crate::report::Figure;
+use outpost::lsn::Lsn;
+use outpost_proto::v1::sync_client::SyncClient;
+use outpost_proto::v1::{
+    ColumnValue, OpGroup, Value, WriteOp, WriteRequest, value::Kind, write_op,
+};
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 8;
+
+fn int(i: i64) -> Value {
+    Value {
+        kind: Some(Kind::Integer(i)),
+    }
+}
+fn text(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::Text(s.into())),
+    }
+}
+
+pub async fn run(ops: u64) -> anyhow::Result<Vec<Figure>> {
+    let bench = Bench::new("")?;
+    let data_dir = bench.dir.path().join("data");
+    let service = outpost::service::start(bench.config(&data_dir)).await?;
+    wait_for_store(&data_dir, Lsn(1), Duration::from_secs(120)).await?;
+    let server = format!("http://{}", service.addr);
+    let token = bench.token("alice")?;
+    let per_client = (ops / CLIENTS as u64).max(1);
+    let keys = (ops as i64).max(1000);
+
+    eprintln!("B6: {CLIENTS} clients writing {per_client} groups each through Write…");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (server, token) = (server.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = SyncClient::connect(server).await?;
+            for i in 0..per_client {
+                let id = ((c as u64 * 7919 + i * 104_729) as i64) % keys + 1;
+                let op = WriteOp {
+                    kind: write_op::Kind::Insert as i32,
+                    table: "items".into(),
+                    key: vec![int(id)],
+                    columns: vec![
+                        ColumnValue {
+                            name: "id".into(),
+                            value: Some(int(id)),
+                        },
+                        ColumnValue {
+                            name: "owner".into(),
+                            value: Some(text("alice")),
+                        },
+                        ColumnValue {
+                            name: "title".into(),
+                            value: Some(text("written")),
+                        },
+                        ColumnValue {
+                            name: "n".into(),
+                            value: Some(int(i as i64)),
+                        },
+                    ],
+                    hlc: ((std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)?
+                        .as_millis() as u64)
+                        << 16)
+                        | i,
+                    before: Vec::new(),
+                };
+                let mut request = tonic::Request::new(WriteRequest {
+                    client_id: format!("bench-{c}"),
+                    groups: vec![OpGroup {
+                        seq: i + 1,
+                        ops: vec![op],
+                    }],
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse()?);
+                let reply = client.write(request).await?.into_inner();
+                anyhow::ensure!(
+                    reply.results.first().is_some_and(|r| r.status == 1),
+                    "a write was not applied: {:?}",
+                    reply.results
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let outpost_secs = started.elapsed().as_secs_f64();
+    service.shutdown().await?;
+
+    eprintln!("B6: pgbench with the equivalent upsert…");
+    let script = bench.dir.path().join("upsert.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "\\set id random(1, {keys})\nINSERT INTO items (id, owner, title, n) VALUES (:id, 'alice', 'written', 0) \
+             ON CONFLICT (id) DO UPDATE SET title = excluded.title, n = excluded.n;\n"
+        ),
+    )?;
+    let url = bench.pg.url(DB);
+    let (clients_s, tx_s, script_s) = (
+        CLIENTS.to_string(),
+        per_client.to_string(),
+        script.display().to_string(),
+    );
+    let started = Instant::now();
+    run_pg_tool(
+        &bench,
+        "pgbench",
+        &[
+            "-n", "-c", &clients_s, "-j", "2", "-t", &tx_s, "-f", &script_s, &url,
+        ],
+    )?;
+    let baseline_secs = started.elapsed().as_secs_f64();
+    let total = (per_client * CLIENTS as u64) as f64;
+    Ok(vec![Figure::higher_is_better(
+        "B6",
+        "ops/s through Write, 8 clients",
+        total / outpost_secs,
+        total / baseline_secs,
+        "pgbench -c 8: INSERT … ON CONFLICT DO UPDATE",
+        0.5,
+    )])
+}
