@@ -11,7 +11,7 @@ use super::{IngestError, RowChanges};
 use crate::lsn::Lsn;
 use crate::replication::PgOutput;
 use crate::schema::CompiledSchema;
-use crate::store::{StoreWriter, TextRow};
+use crate::store::{StoreWriter, TextRow, Touched};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -56,6 +56,12 @@ pub struct Progress {
     pub op_id: u64,
     /// Everything below this LSN is durably stored: safe to acknowledge.
     pub durable_lsn: Lsn,
+    /// Counts publications: a reader that sees `seq` right after `seq - 1`
+    /// missed nothing, and `touched` tells it all that changed in between.
+    pub seq: u64,
+    /// What the store commit behind this publication changed (empty for a
+    /// publication that only moved `durable_lsn`).
+    pub touched: Arc<Touched>,
 }
 
 /// The replication task's side of the writer thread.
@@ -84,7 +90,8 @@ impl WriterHandle {
     }
 }
 
-fn progress_of(store: &StoreWriter) -> Progress {
+fn progress_of(store: &mut StoreWriter, seq: u64) -> Progress {
+    let touched = Arc::new(store.take_touched());
     let s = store.state();
     Progress {
         epoch: s.epoch.clone(),
@@ -92,13 +99,29 @@ fn progress_of(store: &StoreWriter) -> Progress {
         slot: s.slot.clone(),
         op_id: s.last_op_id,
         durable_lsn: s.durable_lsn,
+        seq,
+        touched,
+    }
+}
+
+/// Publishes progress with consecutive sequence numbers.
+struct Publisher<'a> {
+    tx: &'a watch::Sender<Progress>,
+    seq: std::cell::Cell<u64>,
+}
+
+impl Publisher<'_> {
+    fn publish(&self, store: &mut StoreWriter) {
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        self.tx.send_replace(progress_of(store, seq));
     }
 }
 
 /// Starts the writer thread over an opened store.
-pub fn spawn_writer(store: StoreWriter, schema: Arc<CompiledSchema>) -> WriterHandle {
+pub fn spawn_writer(mut store: StoreWriter, schema: Arc<CompiledSchema>) -> WriterHandle {
     let (tx, rx) = mpsc::channel(8192);
-    let (progress_tx, progress) = watch::channel(progress_of(&store));
+    let (progress_tx, progress) = watch::channel(progress_of(&mut store, 0));
     let thread = std::thread::Builder::new()
         .name("outpost-store".into())
         .spawn(move || {
@@ -122,6 +145,10 @@ fn run(
     mut rx: mpsc::Receiver<WriterMsg>,
     progress: &watch::Sender<Progress>,
 ) -> Result<(), IngestError> {
+    let publisher = Publisher {
+        tx: progress,
+        seq: std::cell::Cell::new(0),
+    };
     let mut opened_at: Option<Instant> = None;
     let mut ops_in_txn: u64 = 0;
     let mut compacted_at = store.state().last_op_id;
@@ -140,7 +167,7 @@ fn run(
         store.commit()?;
         *opened_at = None;
         *ops = 0;
-        progress.send_replace(progress_of(store));
+        publisher.publish(store);
         Ok(())
     };
     while let Some(msg) = rx.blocking_recv() {
@@ -162,7 +189,7 @@ fn run(
                 commit(&mut store, &mut opened_at, &mut ops_in_txn)?;
                 if lsn > store.state().durable_lsn {
                     store.mark_idle(lsn)?;
-                    progress.send_replace(progress_of(&store));
+                    publisher.publish(&mut store);
                 }
             }
             WriterMsg::Reconnected => {
@@ -170,7 +197,7 @@ fn run(
                 changes.reset_connection();
                 opened_at = None;
                 ops_in_txn = 0;
-                progress.send_replace(progress_of(&store));
+                publisher.publish(&mut store);
             }
             WriterMsg::SnapshotBegin {
                 schema_version,

@@ -24,7 +24,7 @@
 //!   saying so.
 
 use super::sync::SyncContext;
-use crate::store::{ReadTxn, StoreError};
+use crate::store::{ReadTxn, StoreError, Touched};
 use outpost_proto::v1::sync_response::Message;
 use outpost_proto::v1::{
     BucketChecksum, BucketCursor, BucketReset, Checkpoint, ColumnSchema, DataBatch, Keepalive,
@@ -129,13 +129,35 @@ impl Session {
         };
         let mut last_sent_op = 0u64;
         let mut last_sent_lsn = 0u64;
+        // The membership keys of this user: a change to their entries can
+        // change the bucket set.
+        let member_keys: HashSet<(usize, String)> = ctx
+            .schema
+            .selector_keys(&state.selectors)
+            .into_iter()
+            .collect();
+        let mut last_seq: Option<u64> = None;
+        // LSN-only checkpoints are sent at most this often.
+        let lsn_every = std::time::Duration::from_millis(100);
+        let mut lsn_sent_at = tokio::time::Instant::now();
         let mut keepalive = tokio::time::interval(ctx.keepalive);
         keepalive.reset();
         loop {
-            let (target, epoch, durable) = {
+            let (target, epoch, durable, seq, touched) = {
                 let p = progress.borrow_and_update();
-                (p.op_id, p.epoch.clone(), p.durable_lsn.0)
+                (
+                    p.op_id,
+                    p.epoch.clone(),
+                    p.durable_lsn.0,
+                    p.seq,
+                    p.touched.clone(),
+                )
             };
+            // Without a gap in the publications, the touched sets say whether
+            // anything of this stream changed; with one, read to be sure.
+            let consecutive = last_seq.is_some_and(|l| seq == l + 1);
+            let mine = !consecutive || touches(&touched, &state.cursors, &member_keys);
+            last_seq = Some(seq);
             if epoch != store_epoch {
                 // The store was rebuilt under this stream: the client must
                 // reconnect and have its buckets reset.
@@ -147,6 +169,11 @@ impl Session {
                 return Err(Gone);
             }
             let first = state.resolved_at.is_none();
+            if !first && target > last_sent_op && !mine {
+                // Ops for other streams only: this stream's state is current
+                // up to the new op id.
+                last_sent_op = target;
+            }
             if first || target > last_sent_op {
                 let ctx2 = ctx.clone();
                 let tx2 = tx.clone();
@@ -163,7 +190,8 @@ impl Session {
                 state = next;
                 last_sent_op = op_id.max(target);
                 last_sent_lsn = lsn;
-            } else if durable > last_sent_lsn {
+                lsn_sent_at = tokio::time::Instant::now();
+            } else if durable > last_sent_lsn && lsn_sent_at.elapsed() >= lsn_every {
                 // No new ops anywhere, but the store caught up further in the
                 // WAL: tell the client its state is current up to there.
                 let checkpoint = Checkpoint {
@@ -176,8 +204,11 @@ impl Session {
                     .await
                     .map_err(|_| Gone)?;
                 last_sent_lsn = durable;
+                lsn_sent_at = tokio::time::Instant::now();
             }
+            let lsn_pending = durable > last_sent_lsn;
             tokio::select! {
+                _ = tokio::time::sleep_until(lsn_sent_at + lsn_every), if lsn_pending => {}
                 changed = progress.changed() => {
                     if changed.is_err() {
                         return Err(Gone);
@@ -191,6 +222,21 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether a store commit changed a bucket this stream holds or the
+/// membership entries of its user.
+fn touches(
+    touched: &Touched,
+    held: &HashMap<String, u64>,
+    member_keys: &HashSet<(usize, String)>,
+) -> bool {
+    let buckets = if touched.buckets.len() <= held.len() {
+        touched.buckets.iter().any(|b| held.contains_key(b))
+    } else {
+        held.keys().any(|b| touched.buckets.contains(b))
+    };
+    buckets || touched.members.iter().any(|m| member_keys.contains(m))
 }
 
 /// The buckets a stream holds and where the client is in each.
@@ -432,7 +478,11 @@ fn schema_message(ctx: &SyncContext, table_indexes: &[usize]) -> Schema {
         std::hash::Hash::hash(&prost::Message::encode_to_vec(t), &mut hasher);
     }
     Schema {
-        version: format!("{}-{:016x}", schema.version, std::hash::Hasher::finish(&hasher)),
+        version: format!(
+            "{}-{:016x}",
+            schema.version,
+            std::hash::Hasher::finish(&hasher)
+        ),
         tables,
     }
 }

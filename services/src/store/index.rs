@@ -13,6 +13,7 @@ impl StoreWriter {
     /// Records a new op id as the last change of `(membership, user_key)`.
     fn touch_member(&mut self, membership: usize, user_key: &str) -> Result<(), StoreError> {
         let op_id = self.next_op_id();
+        self.touched_member(membership, user_key);
         self.conn
             .prepare_cached(
                 "INSERT INTO member_versions (membership, user_key, op_id) VALUES (?1, ?2, ?3)

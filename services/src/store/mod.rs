@@ -47,7 +47,7 @@ mod writer;
 
 pub use reader::{BucketInfo, ReadTxn, ReaderPool, StoredCheckpoint};
 pub use text_row::{DecodeRowError, TextRow};
-pub use writer::{StoreState, StoreWriter};
+pub use writer::{StoreState, StoreWriter, Touched};
 
 use std::path::{Path, PathBuf};
 

@@ -43,6 +43,17 @@ pub struct StoreWriter {
     state: StoreState,
     /// Whether a SQLite transaction is open.
     in_txn: bool,
+    /// What the writes since the last [`StoreWriter::take_touched`] changed,
+    /// so that only the streams holding it need to look.
+    touched: Touched,
+}
+
+/// The buckets and membership keys a run of store writes changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub buckets: std::collections::HashSet<String>,
+    /// `(membership, user key)` pairs whose membership entries changed.
+    pub members: std::collections::HashSet<(usize, String)>,
 }
 
 fn meta_get(conn: &rusqlite::Connection, key: &str) -> Result<Option<String>, StoreError> {
@@ -87,6 +98,7 @@ impl StoreWriter {
             conn,
             state,
             in_txn: false,
+            touched: Touched::default(),
         })
     }
 
@@ -267,6 +279,9 @@ impl StoreWriter {
         hash: u64,
     ) -> Result<u64, StoreError> {
         let op_id = self.next_op_id();
+        if !self.touched.buckets.contains(bucket) {
+            self.touched.buckets.insert(bucket.to_string());
+        }
         op.op_id = 0;
         let bytes = op.encode_to_vec();
         self.conn
@@ -359,9 +374,22 @@ impl StoreWriter {
         Ok(n)
     }
 
+    /// What was changed since the last call (call it after a commit).
+    pub fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Records that the entries of `(membership, user_key)` changed.
+    pub(super) fn touched_member(&mut self, membership: usize, user_key: &str) {
+        self.touched
+            .members
+            .insert((membership, user_key.to_string()));
+    }
+
     /// Rolls back the open store transaction, if any, and restores the state
     /// from what is committed.
     pub fn rollback(&mut self) -> Result<(), StoreError> {
+        self.touched = Touched::default();
         if self.in_txn {
             self.conn.execute_batch("ROLLBACK")?;
             self.in_txn = false;
