@@ -13,6 +13,7 @@ mod harness;
 mod initial_sync;
 mod latency;
 mod report;
+mod streams;
 mod writes;
 
 use clap::{Parser, ValueEnum};
@@ -30,6 +31,8 @@ enum Workload {
     B3,
     /// Commit → replica latency at a fixed change rate, 1 and 1,000 clients.
     B4,
+    /// Many concurrent streams: time per change with 10 vs many streams, RSS per idle stream.
+    B5,
     /// Writes through the service from 8 clients, vs pgbench upserts.
     B6,
 }
@@ -75,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
         let seconds = ((10.0 * cli.scale).ceil() as u32).max(2);
         figures.extend(latency::run(1, 1000, seconds).await?);
         figures.extend(latency::run(n(1000) as usize, 1000, seconds).await?);
+    }
+    if all || cli.workload == Workload::B5 {
+        figures.extend(streams::run(n(10_000) as usize, n(20_000)).await?);
     }
     if all || cli.workload == Workload::B6 {
         figures.extend(writes::run(n(20_000)).await?);

@@ -9,11 +9,13 @@ pub struct Figure {
     pub outpost: f64,
     pub baseline: Option<f64>,
     pub baseline_what: String,
-    /// outpost / baseline for higher-is-better figures, baseline / outpost
-    /// for lower-is-better ones, so that above 1 is always better.
+    /// outpost / baseline.
     pub ratio: Option<f64>,
     /// The ratio the target asks for, when there is one.
     pub target_ratio: Option<f64>,
+    /// For lower-is-better figures the ratio is outpost / baseline and the
+    /// target is a ceiling.
+    pub lower_is_better: bool,
 }
 
 impl Figure {
@@ -33,6 +35,21 @@ impl Figure {
             baseline_what: baseline_what.into(),
             ratio: Some(outpost / baseline),
             target_ratio: Some(target),
+            lower_is_better: false,
+        }
+    }
+
+    pub fn lower_is_better(
+        id: &str,
+        what: &str,
+        outpost: f64,
+        baseline: f64,
+        baseline_what: &str,
+        ceiling: f64,
+    ) -> Figure {
+        Figure {
+            lower_is_better: true,
+            ..Figure::higher_is_better(id, what, outpost, baseline, baseline_what, ceiling)
         }
     }
 
@@ -45,6 +62,7 @@ impl Figure {
             baseline_what: String::new(),
             ratio: None,
             target_ratio: None,
+            lower_is_better: false,
         }
     }
 }
@@ -64,7 +82,8 @@ pub fn print_table(figures: &[Figure]) {
     );
     for f in figures {
         let verdict = match (f.ratio, f.target_ratio) {
-            (Some(r), Some(t)) if r >= t => "ok",
+            (Some(r), Some(t)) if f.lower_is_better && r <= t => "ok",
+            (Some(r), Some(t)) if !f.lower_is_better && r >= t => "ok",
             (Some(_), Some(_)) => "BELOW",
             _ => "",
         };
@@ -78,7 +97,7 @@ pub fn print_table(figures: &[Figure]) {
                 .map(|r| format!("{r:.2}"))
                 .unwrap_or_else(|| "-".into()),
             f.target_ratio
-                .map(|r| format!("≥{r:.2}"))
+                .map(|r| format!("{}{r:.2}", if f.lower_is_better { "≤" } else { "≥" }))
                 .unwrap_or_else(|| "-".into()),
             f.baseline_what,
             verdict,

@@ -1,0 +1,172 @@
+//! B5: many concurrent client streams with per-user shapes. With 10 and
+//! with 10,000 users connected (idle, after their initial sync), the same
+//! burst of single-row transactions spread over the users is drained into
+//! the store; the time per change must not grow with the number of streams
+//! (ratio ≤ 1.2), and each idle stream should cost the service little memory
+//! (≤ 20 KB). The service runs as its own process so its RSS is its own.
+
+use crate::harness::{Bench, DB, store_position, wait_for_store};
+use crate::report::Figure;
+use anyhow::{Context, bail};
+use outpost::lsn::Lsn;
+use outpost_proto::v1::sync_client::SyncClient;
+use outpost_proto::v1::{SyncRequest, sync_response::Message};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Streams multiplexed on one HTTP/2 connection.
+const STREAMS_PER_CONNECTION: usize = 100;
+
+const SETUP: &str = "
+CREATE PROCEDURE spread_txns(total bigint, first bigint, users int) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN first .. first + total - 1 LOOP
+        INSERT INTO items (id, owner, title, n) VALUES (i, 'u' || (i % users), 'item ' || i, 0);
+        COMMIT;
+    END LOOP;
+END $$;
+";
+
+fn outpost_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no directory for the bench binary")?;
+    let bin = dir.join("outpost");
+    if !bin.is_file() {
+        let profile = if dir.ends_with("release") {
+            vec!["--release"]
+        } else {
+            vec![]
+        };
+        let status =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "-p", "outpost", "--bin", "outpost"])
+                .args(profile)
+                .status()?;
+        if !status.success() || !bin.is_file() {
+            bail!(
+                "could not build the outpost binary; run `cargo build --release -p outpost` first"
+            );
+        }
+    }
+    Ok(bin)
+}
+
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+struct Run {
+    per_change_us: f64,
+    rss_per_stream: f64,
+}
+
+async fn run_with(users: usize, changes: u64) -> anyhow::Result<Run> {
+    let bench = Bench::new(SETUP)?;
+    let data_dir = bench.dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let cfg = bench.config(&data_dir);
+    let mut child = tokio::process::Command::new(outpost_binary()?)
+        .arg("serve")
+        .env("OUTPOST_DATABASE_URL", &cfg.database_url)
+        .env("OUTPOST_SCHEMA_DIR", &cfg.schema_dir)
+        .env("OUTPOST_DATA_DIR", &cfg.data_dir)
+        .env("OUTPOST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("OUTPOST_AUTH_HS256_SECRET", "bench-secret")
+        .env("OUTPOST_MAX_BUCKETS_PER_USER", "100000")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("the service exited at once")?;
+    wait_for_store(&data_dir, Lsn(1), Duration::from_secs(60)).await?;
+    let server = format!("http://127.0.0.1:{port}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = rss_of(pid);
+
+    eprintln!("B5: opening {users} streams…");
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+    let mut tasks = Vec::new();
+    let mut channel = None;
+    for u in 0..users {
+        if u % STREAMS_PER_CONNECTION == 0 {
+            channel = Some(
+                tonic::transport::Endpoint::from_shared(server.clone())?
+                    .connect()
+                    .await?,
+            );
+        }
+        let mut client = SyncClient::new(channel.clone().context("no channel")?);
+        let token = bench.token(&format!("u{u}"))?;
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut request = tonic::Request::new(SyncRequest {
+                client_id: format!("bench-{u}"),
+                ..SyncRequest::default()
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse()?);
+            let mut stream = client.sync(request).await?.into_inner();
+            let mut first = true;
+            while let Some(m) = stream.message().await? {
+                if first && matches!(m.message, Some(Message::Checkpoint(_))) {
+                    first = false;
+                    let _ = ready.send(());
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for _ in 0..users {
+        tokio::time::timeout(Duration::from_secs(300), ready_rx.recv())
+            .await
+            .context("streams did not all reach their first checkpoint")?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = rss_of(pid);
+
+    eprintln!("B5: {changes} changes over {users} users…");
+    let started = Instant::now();
+    bench
+        .pg
+        .psql(DB, &format!("CALL spread_txns({changes}, 1, {users})"))?;
+    let target = bench.current_lsn()?;
+    let done = wait_for_store(&data_dir, target, Duration::from_secs(600)).await?;
+    let elapsed = (done - started).as_secs_f64();
+    let _ = store_position(&data_dir);
+    for t in tasks {
+        t.abort();
+    }
+    child.kill().await.ok();
+    Ok(Run {
+        per_change_us: elapsed * 1e6 / changes as f64,
+        rss_per_stream: rss_after.saturating_sub(rss_before) as f64 / users as f64,
+    })
+}
+
+pub async fn run(users: usize, changes: u64) -> anyhow::Result<Vec<Figure>> {
+    let small = run_with(10, changes).await?;
+    let large = run_with(users, changes).await?;
+    Ok(vec![
+        Figure::lower_is_better(
+            "B5",
+            &format!("µs per change (Postgres commit → store) with {users} streams"),
+            large.per_change_us,
+            small.per_change_us,
+            "the same burst with 10 streams",
+            1.2,
+        ),
+        Figure::info(
+            "B5-rss",
+            &format!("service RSS per idle stream, KB ({users} streams; target ≤ 20)"),
+            large.rss_per_stream / 1024.0,
+        ),
+    ])
+}
