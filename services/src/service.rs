@@ -104,7 +104,8 @@ pub async fn compile_schema_and_rules(
         .map_err(|e| ServiceError::Catalog(e.to_string()));
     let result = match catalog {
         Ok(catalog) => {
-            let compiled = schema::compile(&source, &catalog).map(|s| s.with_limits(cfg.limits.clone()));
+            let compiled =
+                schema::compile(&source, &catalog).map(|s| s.with_limits(cfg.limits.clone()));
             let rules = match schema::compile_rules(&source, &catalog) {
                 Ok(mut rules) => schema::resolve_functions(&mut rules, &client)
                     .await

@@ -416,7 +416,9 @@ async fn membership_shapes_match_the_oracle_at_every_checkpoint() -> anyhow::Res
             pg.batch_execute(&format!("UPDATE clock SET step = {step}"))
                 .await
                 .with_context(|| format!("step {step}: advancing the clock"))?;
-            log.push(format!("step {step}: refused by Postgres ({e}); clock only"));
+            log.push(format!(
+                "step {step}: refused by Postgres ({e}); clock only"
+            ));
         }
         oracle_now(step).await?;
         // Now and then a client goes offline for a while, then resumes from
