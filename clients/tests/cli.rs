@@ -25,6 +25,20 @@ async fn run(args: &[&str], token: Option<&str>) -> Output {
         .expect("run outpost-client")
 }
 
+/// Runs `query` for every todo, ordered by id.
+async fn query_todos(db: &str) -> Output {
+    run(
+        &[
+            "query",
+            "--db",
+            db,
+            "SELECT id, title FROM todos ORDER BY id",
+        ],
+        None,
+    )
+    .await
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -62,16 +76,7 @@ async fn sync_status_and_query() {
         "{status}"
     );
 
-    let out = run(
-        &[
-            "query",
-            "--db",
-            db,
-            "SELECT id, title FROM todos ORDER BY id",
-        ],
-        None,
-    )
-    .await;
+    let out = query_todos(db).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "id\ttitle\n1\tone\n2\ttwo\n3\tthree\n");
 
@@ -185,16 +190,7 @@ async fn exec_writes_locally_and_sync_uploads() {
         status.contains("outbox:         2 group(s), 3 op(s) to upload"),
         "{status}"
     );
-    let out = run(
-        &[
-            "query",
-            "--db",
-            db,
-            "SELECT id, title FROM todos ORDER BY id",
-        ],
-        None,
-    )
-    .await;
+    let out = query_todos(db).await;
     assert_eq!(
         text(&out.stdout),
         "id\ttitle\n1\tuno\n2\ttwo\n3\tthree\n4\tfour\n5\tfive\n"
@@ -244,16 +240,7 @@ async fn exec_writes_locally_and_sync_uploads() {
         status.contains("INSERT todos [5]  check_violation: title too short"),
         "{status}"
     );
-    let out = run(
-        &[
-            "query",
-            "--db",
-            db,
-            "SELECT id, title FROM todos ORDER BY id",
-        ],
-        None,
-    )
-    .await;
+    let out = query_todos(db).await;
     assert_eq!(
         text(&out.stdout),
         "id\ttitle\n1\tuno\n2\ttwo\n3\tthree\n4\tfour\n"

@@ -6,6 +6,7 @@ mod common;
 
 use common::{
     A, AbortOnDrop, B, Fake, Script, bucket, checkpoint, data, initial, schema, serve, serve_on,
+    todos, with_timeout,
 };
 use outpost_client::{ClientError, Replica, SyncEvent, SyncOptions, sync, sync_with_events};
 use std::net::SocketAddr;
@@ -25,24 +26,6 @@ fn options(server: &str, db: &Path) -> SyncOptions {
 
 fn db_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("replica.db")
-}
-
-fn todos(db: &Path) -> Vec<(i64, String)> {
-    let replica = Replica::open_read_only(db).expect("open");
-    let mut stmt = replica
-        .connection()
-        .prepare("SELECT id, title FROM todos ORDER BY id")
-        .expect("prepare");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
-}
-
-async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), f)
-        .await
-        .expect("timed out")
 }
 
 #[tokio::test]

@@ -6,10 +6,11 @@ mod common;
 
 use common::{
     A, AbortOnDrop, B, Fake, Script, WriteScript, answer_each, applied, bucket, checkpoint, data,
-    duplicate, initial, lsn, rejected, removes, schema, serve, serve_on,
+    duplicate, initial, lsn, rejected, removes, schema, serve, serve_on, todos, with_timeout,
 };
 use outpost_client::{
-    ClientError, LocalDb, Replica, SyncEvent, SyncOptions, WriteStatus, sync, sync_with_events,
+    ClientError, LocalDb, PendingGroup, Replica, SyncEvent, SyncOptions, WriteStatus, sync,
+    sync_with_events,
 };
 use outpost_proto::v1::{SyncResponse, write_op};
 use std::net::SocketAddr;
@@ -29,12 +30,6 @@ fn options(server: &str, db: &Path) -> SyncOptions {
     }
 }
 
-async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), f)
-        .await
-        .expect("timed out")
-}
-
 /// A replica that holds the initial download (buckets a and b, checkpoint 10).
 async fn synced_replica(dir: &tempfile::TempDir) -> PathBuf {
     let db = dir.path().join("replica.db");
@@ -46,16 +41,12 @@ async fn synced_replica(dir: &tempfile::TempDir) -> PathBuf {
     db
 }
 
-fn todos(db: &Path) -> Vec<(i64, String)> {
-    let replica = Replica::open_read_only(db).expect("open");
-    let mut stmt = replica
-        .connection()
-        .prepare("SELECT id, title FROM todos ORDER BY id")
-        .expect("prepare");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
+/// The local transactions of the replica at `db` not confirmed yet.
+fn pending_groups(db: &Path) -> Vec<PendingGroup> {
+    Replica::open_read_only(db)
+        .expect("open")
+        .pending()
+        .expect("pending")
 }
 
 fn write(db: &Path, sql: &str) {
@@ -368,10 +359,7 @@ async fn a_client_stopped_before_the_answer_sends_the_groups_again() {
     run.abort();
     let _ = run.await;
     let first = fake.writes()[0].seqs();
-    let pending = Replica::open_read_only(&db)
-        .expect("open")
-        .pending()
-        .expect("pending");
+    let pending = pending_groups(&db);
     assert_eq!(
         pending
             .iter()
@@ -396,13 +384,7 @@ async fn a_client_stopped_before_the_answer_sends_the_groups_again() {
     assert_eq!(fake.writes().len(), 1);
     assert_eq!(fake.writes()[0].seqs(), first);
     assert_eq!(todos(&db), vec![(1, "uno".into()), (2, "two".into())]);
-    assert!(
-        Replica::open_read_only(&db)
-            .expect("open")
-            .pending()
-            .expect("pending")
-            .is_empty()
-    );
+    assert!(pending_groups(&db).is_empty());
 }
 
 #[tokio::test]
@@ -463,14 +445,7 @@ async fn a_service_that_takes_no_writes_keeps_them_and_keeps_syncing() {
             (6, "six".into())
         ]
     );
-    assert_eq!(
-        Replica::open_read_only(&db)
-            .expect("open")
-            .pending()
-            .expect("pending")
-            .len(),
-        1
-    );
+    assert_eq!(pending_groups(&db).len(), 1);
 }
 
 #[tokio::test]
@@ -504,10 +479,7 @@ async fn once_returns_only_when_a_checkpoint_reaches_the_commit() {
         _ = tokio::time::sleep(Duration::from_millis(300)) => {}
     }
     assert_eq!(todos(&db)[0], (1, "uno".into()));
-    let pending = Replica::open_read_only(&db)
-        .expect("open")
-        .pending()
-        .expect("pending");
+    let pending = pending_groups(&db);
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].commit_lsn, Some(lsn(30)));
 

@@ -146,17 +146,12 @@ async fn revoked_rows_leave_the_replica() -> anyhow::Result<()> {
     let pg = db.client().await?;
     let bob_db = db.replica_path("bob");
     let bob_token = db.token("bob")?;
+    let bob_once = || Advance::Once {
+        server: &server,
+        token: &bob_token,
+    };
 
-    synced(
-        &db,
-        "bob",
-        &bob_db,
-        Advance::Once {
-            server: &server,
-            token: &bob_token,
-        },
-    )
-    .await?;
+    synced(&db, "bob", &bob_db, bob_once()).await?;
     ensure!(
         list_one(&bob_db)? == nothing(),
         "bob sees list 1 before it is shared"
@@ -222,16 +217,7 @@ async fn revoked_rows_leave_the_replica() -> anyhow::Result<()> {
     bob.stop().await;
     pg.batch_execute("DELETE FROM list_members WHERE user_id = 'bob'")
         .await?;
-    synced(
-        &db,
-        "bob",
-        &bob_db,
-        Advance::Once {
-            server: &server,
-            token: &bob_token,
-        },
-    )
-    .await?;
+    synced(&db, "bob", &bob_db, bob_once()).await?;
     ensure!(
         list_one(&bob_db)? == nothing(),
         "after an offline revoke: {:?}",

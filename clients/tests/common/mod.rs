@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use futures::Stream;
+use outpost_client::Replica;
 use outpost_proto::v1::sync_response::Message;
 use outpost_proto::v1::sync_server::{Sync, SyncServer};
 use outpost_proto::v1::{
@@ -13,8 +14,10 @@ use outpost_proto::v1::{
 };
 use outpost_proto::{bucket_checksum_add, row_hash};
 use std::collections::VecDeque;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// What the fake service does on one `Sync` call.
@@ -356,4 +359,24 @@ pub fn initial() -> Vec<SyncResponse> {
         data("b", B),
         checkpoint(10, vec![bucket("a", A), bucket("b", B)]),
     ]
+}
+
+/// Every todo in the replica at `db`, ordered by id.
+pub fn todos(db: &Path) -> Vec<(i64, String)> {
+    let replica = Replica::open_read_only(db).expect("open");
+    let mut stmt = replica
+        .connection()
+        .prepare("SELECT id, title FROM todos ORDER BY id")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+/// Awaits `f`, failing the test after 20 seconds.
+pub async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("timed out")
 }

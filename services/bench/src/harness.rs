@@ -150,7 +150,18 @@ pub async fn wait_for_store(
 
 /// This process's resident memory, in bytes.
 pub fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    vm_rss("/proc/self/status")
+}
+
+/// The resident memory of process `pid`, in bytes (0 when it cannot be read).
+pub fn rss_of(pid: u32) -> u64 {
+    vm_rss(&format!("/proc/{pid}/status"))
+}
+
+/// The `VmRSS` line of a `/proc/<pid>/status` file, in bytes; 0 when the file
+/// or the line cannot be read.
+fn vm_rss(status_path: &str) -> u64 {
+    let status = std::fs::read_to_string(status_path).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

@@ -5,7 +5,7 @@
 //! (ratio ≤ 1.2), and each idle stream should cost the service little memory
 //! (≤ 20 KB). The service runs as its own process so its RSS is its own.
 
-use crate::harness::{Bench, DB, store_position, wait_for_store};
+use crate::harness::{Bench, DB, rss_of, wait_for_store};
 use crate::report::Figure;
 use anyhow::{Context, bail};
 use outpost::lsn::Lsn;
@@ -32,7 +32,9 @@ fn outpost_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("no directory for the bench binary")?;
     let bin = dir.join("outpost");
-    if !bin.is_file() {
+    // Always build: cargo returns at once when the binary is up to date, and
+    // a stale binary would be measured otherwise.
+    {
         let profile = if dir.ends_with("release") {
             vec!["--release"]
         } else {
@@ -41,6 +43,7 @@ fn outpost_binary() -> anyhow::Result<PathBuf> {
         let status =
             std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["build", "-p", "outpost", "--bin", "outpost"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .args(profile)
                 .status()?;
         if !status.success() || !bin.is_file() {
@@ -50,15 +53,6 @@ fn outpost_binary() -> anyhow::Result<PathBuf> {
         }
     }
     Ok(bin)
-}
-
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 struct Run {
@@ -89,6 +83,9 @@ async fn run_with(users: usize, changes: u64) -> anyhow::Result<Run> {
     let server = format!("http://127.0.0.1:{port}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = rss_of(pid);
+    if rss_before == 0 {
+        bail!("cannot read the service's memory from /proc/{pid}/status");
+    }
 
     eprintln!("B5: opening {users} streams…");
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
@@ -140,7 +137,6 @@ async fn run_with(users: usize, changes: u64) -> anyhow::Result<Run> {
     let target = bench.current_lsn()?;
     let done = wait_for_store(&data_dir, target, Duration::from_secs(600)).await?;
     let elapsed = (done - started).as_secs_f64();
-    let _ = store_position(&data_dir);
     for t in tasks {
         t.abort();
     }

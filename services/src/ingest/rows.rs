@@ -10,7 +10,7 @@ use crate::schema::CompiledSchema;
 use crate::store::{StoreError, StoreWriter, TextRow};
 use outpost_proto::v1::{RowOp, Value, row_op::Kind};
 use outpost_proto::{key_string, row_hash};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Errors while applying changes. All are definite: the same input would fail
@@ -317,60 +317,70 @@ impl RowChanges {
         old_key: Option<String>,
         mut new: DecodedTuple,
     ) -> Result<(), IngestError> {
-        let tbl = self.schema.tables[table].client_name.clone();
-        let wire_new_key = self.wire_key(table, &new.row)?.1;
-        let lookup_key = old_key.clone().unwrap_or_else(|| wire_new_key.clone());
-        let old = store.mirror_get(&tbl, &lookup_key)?;
-        if !new.unchanged.is_empty() {
+        let schema = Arc::clone(&self.schema);
+        let tbl = schema.tables[table].client_name.as_str();
+        // Without unchanged TOAST values the new version is complete: convert
+        // it once and look the old version up under its key.
+        let (lookup_key, old, wire) = if new.unchanged.is_empty() {
+            let wire = self.wire_row(table, &new.row)?;
+            let lookup_key = old_key.unwrap_or_else(|| wire.key_string.clone());
+            let old = store.mirror_get(tbl, &lookup_key)?;
+            (lookup_key, old, wire)
+        } else {
+            let lookup_key = match old_key {
+                Some(key) => key,
+                None => self.wire_key(table, &new.row)?.1,
+            };
+            let old = store.mirror_get(tbl, &lookup_key)?;
             let Some((old_row, _)) = &old else {
                 return Err(IngestError::MissingRow {
-                    table: tbl,
+                    table: tbl.to_string(),
                     key: lookup_key,
                 });
             };
             for &col in &new.unchanged {
                 new.row.0[col] = old_row.0[col].clone();
             }
-        }
-        let wire = self.wire_row(table, &new.row)?;
+            (lookup_key, old, self.wire_row(table, &new.row)?)
+        };
         let mut route = std::mem::take(&mut self.route_buf);
         route.clear();
         self.route(store, table, &new.row, &mut route)?;
 
         let key_changed = lookup_key != wire.key_string;
-        let (old_buckets, same_values): (HashSet<String>, bool) = match &old {
-            Some((old_row, buckets)) => {
-                let same = !key_changed && self.wire_row(table, old_row)?.hash == wire.hash;
-                (buckets.iter().cloned().collect(), same)
-            }
-            None => (HashSet::new(), false),
-        };
+        let mut old_buckets: &[String] = &[];
+        let mut same_values = false;
         if let Some((old_row, buckets)) = &old {
+            same_values = !key_changed && self.wire_row(table, old_row)?.hash == wire.hash;
             if key_changed {
                 let (old_key_values, _) = self.wire_key(table, old_row)?;
+                let op = self.op(table, Kind::Remove, old_key_values, Vec::new());
                 for b in buckets {
-                    let mut op = self.op(table, Kind::Remove, old_key_values.clone(), Vec::new());
-                    store.bucket_remove(b, &tbl, &lookup_key, &mut op)?;
+                    store.bucket_remove(b, tbl, &lookup_key, &op)?;
                     self.ops_written += 1;
                 }
-                store.mirror_delete(&tbl, &lookup_key)?;
+                store.mirror_delete(tbl, &lookup_key)?;
             } else {
+                let mut op = None;
                 for b in buckets.iter().filter(|b| route.binary_search(b).is_err()) {
-                    let mut op = self.op(table, Kind::Remove, wire.key.clone(), Vec::new());
-                    store.bucket_remove(b, &tbl, &lookup_key, &mut op)?;
+                    let op = op.get_or_insert_with(|| {
+                        self.op(table, Kind::Remove, wire.key.clone(), Vec::new())
+                    });
+                    store.bucket_remove(b, tbl, &lookup_key, op)?;
                     self.ops_written += 1;
                 }
             }
+            old_buckets = buckets;
         }
+        let op = self.op(table, Kind::Put, wire.key, wire.values);
         for b in &route {
             if same_values && old_buckets.contains(b) {
                 continue;
             }
-            let mut op = self.op(table, Kind::Put, wire.key.clone(), wire.values.clone());
-            store.bucket_put(b, &tbl, &wire.key_string, &mut op, wire.hash)?;
+            store.bucket_put(b, tbl, &wire.key_string, &op, wire.hash)?;
             self.ops_written += 1;
         }
-        store.mirror_put(&tbl, &wire.key_string, &new.row, &route)?;
+        store.mirror_put(tbl, &wire.key_string, &new.row, &route)?;
         self.route_buf = route;
         let old_row = old.map(|(row, _)| (lookup_key, row));
         self.index_row(
@@ -387,18 +397,19 @@ impl RowChanges {
         table: usize,
         key: &str,
     ) -> Result<(), IngestError> {
-        let tbl = self.schema.tables[table].client_name.clone();
-        let Some((old_row, buckets)) = store.mirror_get(&tbl, key)? else {
+        let schema = Arc::clone(&self.schema);
+        let tbl = schema.tables[table].client_name.as_str();
+        let Some((old_row, buckets)) = store.mirror_get(tbl, key)? else {
             tracing::warn!(table = %tbl, key, "delete of a row the mirror does not hold");
             return Ok(());
         };
         let (key_values, _) = self.wire_key(table, &old_row)?;
+        let op = self.op(table, Kind::Remove, key_values, Vec::new());
         for b in &buckets {
-            let mut op = self.op(table, Kind::Remove, key_values.clone(), Vec::new());
-            store.bucket_remove(b, &tbl, key, &mut op)?;
+            store.bucket_remove(b, tbl, key, &op)?;
             self.ops_written += 1;
         }
-        store.mirror_delete(&tbl, key)?;
+        store.mirror_delete(tbl, key)?;
         self.index_row(store, table, Some((key, &old_row)), None)
     }
 

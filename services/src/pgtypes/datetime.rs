@@ -6,6 +6,9 @@
 //! non-zero offset is moved to UTC on the proleptic Gregorian calendar, as
 //! Postgres does, so any session time zone gives the same instant.
 
+use crate::schema::datetime::parse_number;
+pub(super) use crate::schema::datetime::{civil_from_days, days_from_civil};
+
 const SECS_PER_DAY: i64 = 86_400;
 
 /// `YYYY-MM-DD HH:MM:SS[.f][±HH[:MM[:SS]]][ BC]` → `YYYY-MM-DDTHH:MM:SS[.f][Z]`.
@@ -86,12 +89,9 @@ fn format_year(year: i64) -> String {
     }
 }
 
+/// 1 to 9 ASCII digits.
 fn digits(s: &str, what: &str) -> Result<i64, String> {
-    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("bad {what} {s:?}"));
-    }
-    s.parse::<i64>()
-        .map_err(|e| format!("bad {what} {s:?}: {e}"))
+    parse_number(s).ok_or_else(|| format!("bad {what} {s:?}"))
 }
 
 /// The astronomical year, month and day of `YYYY-MM-DD` (BC when `bc`).
@@ -155,30 +155,4 @@ fn parse_offset(text: &str) -> Result<i64, String> {
         return Err(format!("bad UTC offset {text:?}"));
     }
     Ok(sign * secs)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (astronomical year).
-pub(super) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The proleptic Gregorian date (astronomical year) of a day count since 1970-01-01.
-pub(super) fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // day is in 1..=31 and month in 1..=12 by construction.
-    (year, month as u32, day as u32)
 }

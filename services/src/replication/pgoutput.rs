@@ -245,18 +245,7 @@ pub fn decode(buf: Bytes) -> Result<PgOutput, DecodeError> {
         }
         b'U' => {
             let relation_id = r.u32("relation id")?;
-            let (mut old, mut key) = (None, None);
-            match r.peek_u8("tuple marker")? {
-                b'O' => {
-                    r.pos += 1;
-                    old = Some(tuple(&mut r)?);
-                }
-                b'K' => {
-                    r.pos += 1;
-                    key = Some(tuple(&mut r)?);
-                }
-                _ => {}
-            }
+            let (old, key) = old_or_key(&mut r)?;
             r.expect_marker(b'N', "'N' (new tuple)")?;
             PgOutput::Update(Update {
                 relation_id,
@@ -267,22 +256,13 @@ pub fn decode(buf: Bytes) -> Result<PgOutput, DecodeError> {
         }
         b'D' => {
             let relation_id = r.u32("relation id")?;
-            let (mut old, mut key) = (None, None);
-            match r.peek_u8("tuple marker")? {
-                b'O' => {
-                    r.pos += 1;
-                    old = Some(tuple(&mut r)?);
-                }
-                b'K' => {
-                    r.pos += 1;
-                    key = Some(tuple(&mut r)?);
-                }
-                found => {
-                    return Err(r.error(DecodeErrorKind::UnexpectedTupleMarker {
-                        expected: "'K' or 'O' (old tuple)",
-                        found: found as char,
-                    }));
-                }
+            let (old, key) = old_or_key(&mut r)?;
+            if old.is_none() && key.is_none() {
+                let found = r.peek_u8("tuple marker")?;
+                return Err(r.error(DecodeErrorKind::UnexpectedTupleMarker {
+                    expected: "'K' or 'O' (old tuple)",
+                    found: found as char,
+                }));
             }
             PgOutput::Delete(Delete {
                 relation_id,
@@ -372,6 +352,23 @@ fn relation(r: &mut Reader) -> Result<Relation, DecodeError> {
         replica_identity,
         columns,
     })
+}
+
+/// Reads the optional old row image that precedes an Update's new tuple or
+/// forms a Delete: `'O'` (full old row, REPLICA IDENTITY FULL) or `'K'` (key
+/// columns only). Any other marker is left unread and yields `(None, None)`.
+fn old_or_key(r: &mut Reader) -> Result<(Option<Tuple>, Option<Tuple>), DecodeError> {
+    match r.peek_u8("tuple marker")? {
+        b'O' => {
+            r.pos += 1;
+            Ok((Some(tuple(r)?), None))
+        }
+        b'K' => {
+            r.pos += 1;
+            Ok((None, Some(tuple(r)?)))
+        }
+        _ => Ok((None, None)),
+    }
 }
 
 fn tuple(r: &mut Reader) -> Result<Tuple, DecodeError> {

@@ -103,7 +103,8 @@ enum Parsed {
     At(Parts),
 }
 
-fn parse_number(s: &str) -> Option<i64> {
+/// 1 to 9 ASCII digits (so the value always fits).
+pub(crate) fn parse_number(s: &str) -> Option<i64> {
     if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

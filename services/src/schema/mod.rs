@@ -113,7 +113,7 @@
 
 mod catalog;
 mod compile;
-mod datetime;
+pub(crate) mod datetime;
 mod datum;
 mod error;
 mod eval;

@@ -189,7 +189,7 @@ impl CompiledSchema {
                     };
                     text = next.to_string();
                     from_table = hop.table;
-                    last = Some((hop.table, hop.next, parent_row.clone()));
+                    last = Some((hop.table, hop.next, parent_row));
                 }
                 let Some((t, column, parent_row)) = last else {
                     continue 'def;

@@ -35,10 +35,10 @@ fn checksums_ops_and_snapshots() {
     let path = database_path(dir.path());
     let mut w = StoreWriter::open(&path).unwrap();
     w.reinitialise("v1", "slot", "epoch1").unwrap();
-    let (mut a, ha) = op(1, "a");
-    let (mut b, hb) = op(2, "b");
-    w.bucket_put("B", "todos", "[1]", &mut a, ha).unwrap();
-    w.bucket_put("B", "todos", "[2]", &mut b, hb).unwrap();
+    let (a, ha) = op(1, "a");
+    let (b, hb) = op(2, "b");
+    w.bucket_put("B", "todos", "[1]", &a, ha).unwrap();
+    w.bucket_put("B", "todos", "[2]", &b, hb).unwrap();
     w.mark_commit(Lsn(10), Lsn(11));
     w.commit().unwrap();
 
@@ -54,12 +54,12 @@ fn checksums_ops_and_snapshots() {
 
     // An update replaces the op; a remove leaves a tombstone; uncommitted
     // changes are invisible to readers.
-    let (mut a2, ha2) = op(1, "a2");
+    let (a2, ha2) = op(1, "a2");
     w.begin().unwrap();
-    w.bucket_put("B", "todos", "[1]", &mut a2, ha2).unwrap();
+    w.bucket_put("B", "todos", "[1]", &a2, ha2).unwrap();
     let (mut rm, _) = op(2, "");
     rm.kind = 2;
-    w.bucket_remove("B", "todos", "[2]", &mut rm).unwrap();
+    w.bucket_remove("B", "todos", "[2]", &rm).unwrap();
     assert_eq!(pool.read(|t| t.bucket("B")).unwrap().count, 2);
     w.mark_commit(Lsn(20), Lsn(21));
     w.commit().unwrap();

@@ -76,24 +76,30 @@ fn parse_lsn(key: &'static str, value: Option<String>) -> Result<Lsn, StoreError
     }
 }
 
+/// The committed state recorded in `meta`, with `last_op_id` as given.
+fn committed_state(conn: &rusqlite::Connection, last_op_id: u64) -> Result<StoreState, StoreError> {
+    Ok(StoreState {
+        epoch: meta_get(conn, "epoch")?.unwrap_or_default(),
+        schema_version: meta_get(conn, "schema_version")?.unwrap_or_default(),
+        slot: meta_get(conn, "slot")?.unwrap_or_default(),
+        last_commit_lsn: parse_lsn("last_commit_lsn", meta_get(conn, "last_commit_lsn")?)?,
+        durable_lsn: parse_lsn("durable_lsn", meta_get(conn, "durable_lsn")?)?,
+        last_op_id,
+    })
+}
+
 impl StoreWriter {
     /// Opens (creating if needed) the store database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = open_connection(path, false)?;
-        let state = StoreState {
-            epoch: meta_get(&conn, "epoch")?.unwrap_or_default(),
-            schema_version: meta_get(&conn, "schema_version")?.unwrap_or_default(),
-            slot: meta_get(&conn, "slot")?.unwrap_or_default(),
-            last_commit_lsn: parse_lsn("last_commit_lsn", meta_get(&conn, "last_commit_lsn")?)?,
-            durable_lsn: parse_lsn("durable_lsn", meta_get(&conn, "durable_lsn")?)?,
-            last_op_id: match meta_get(&conn, "last_op_id")? {
-                None => 0,
-                Some(v) => v.parse().map_err(|_| StoreError::Meta {
-                    key: "last_op_id",
-                    value: v,
-                })?,
-            },
+        let last_op_id = match meta_get(&conn, "last_op_id")? {
+            None => 0,
+            Some(v) => v.parse().map_err(|_| StoreError::Meta {
+                key: "last_op_id",
+                value: v,
+            })?,
         };
+        let state = committed_state(&conn, last_op_id)?;
         Ok(StoreWriter {
             conn,
             state,
@@ -269,20 +275,21 @@ impl StoreWriter {
             .optional()?)
     }
 
+    /// Stores `op` (built with `op_id` 0: the id is assigned here and set on
+    /// the op when it is read back).
     fn write_op(
         &mut self,
         bucket: &str,
         tbl: &str,
         key: &str,
         kind: i64,
-        op: &mut RowOp,
+        op: &RowOp,
         hash: u64,
     ) -> Result<u64, StoreError> {
         let op_id = self.next_op_id();
         if !self.touched.buckets.contains(bucket) {
             self.touched.buckets.insert(bucket.to_string());
         }
-        op.op_id = 0;
         let bytes = op.encode_to_vec();
         self.conn
             .prepare_cached(
@@ -330,7 +337,7 @@ impl StoreWriter {
         bucket: &str,
         tbl: &str,
         key: &str,
-        op: &mut RowOp,
+        op: &RowOp,
         hash: u64,
     ) -> Result<(), StoreError> {
         let previous = self.previous_op(bucket, tbl, key)?;
@@ -348,7 +355,7 @@ impl StoreWriter {
         bucket: &str,
         tbl: &str,
         key: &str,
-        op: &mut RowOp,
+        op: &RowOp,
     ) -> Result<(), StoreError> {
         let Some((KIND_PUT, old)) = self.previous_op(bucket, tbl, key)? else {
             return Ok(());
@@ -394,18 +401,8 @@ impl StoreWriter {
             self.conn.execute_batch("ROLLBACK")?;
             self.in_txn = false;
         }
-        let reopened = StoreState {
-            epoch: meta_get(&self.conn, "epoch")?.unwrap_or_default(),
-            schema_version: meta_get(&self.conn, "schema_version")?.unwrap_or_default(),
-            slot: meta_get(&self.conn, "slot")?.unwrap_or_default(),
-            last_commit_lsn: parse_lsn(
-                "last_commit_lsn",
-                meta_get(&self.conn, "last_commit_lsn")?,
-            )?,
-            durable_lsn: parse_lsn("durable_lsn", meta_get(&self.conn, "durable_lsn")?)?,
-            last_op_id: self.state.last_op_id,
-        };
-        self.state = reopened;
+        // Op ids already handed out are never reused.
+        self.state = committed_state(&self.conn, self.state.last_op_id)?;
         Ok(())
     }
 }

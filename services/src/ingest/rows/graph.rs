@@ -168,14 +168,14 @@ impl RowChanges {
         let entered: Vec<&String> = route.iter().filter(|b| !buckets.contains(b)).collect();
         if !left.is_empty() || !entered.is_empty() {
             let wire = self.wire_row(table, &row)?;
+            let remove = self.op(table, Kind::Remove, wire.key.clone(), Vec::new());
             for b in left {
-                let mut op = self.op(table, Kind::Remove, wire.key.clone(), Vec::new());
-                store.bucket_remove(b, &tbl, key, &mut op)?;
+                store.bucket_remove(b, &tbl, key, &remove)?;
                 self.ops_written += 1;
             }
+            let put = self.op(table, Kind::Put, wire.key, wire.values);
             for b in entered {
-                let mut op = self.op(table, Kind::Put, wire.key.clone(), wire.values.clone());
-                store.bucket_put(b, &tbl, key, &mut op, wire.hash)?;
+                store.bucket_put(b, &tbl, key, &put, wire.hash)?;
                 self.ops_written += 1;
             }
             store.mirror_put(&tbl, key, &row, &route)?;

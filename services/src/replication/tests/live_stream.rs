@@ -399,7 +399,8 @@ async fn postgres_restart_is_a_transient_error() {
     .unwrap();
     let err = loop {
         match tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
-            Ok(_) => {}
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without an error"),
             Err(e) => break e,
         }
     };
