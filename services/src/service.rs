@@ -10,7 +10,7 @@ use crate::config::ServiceConfig;
 use crate::ingest::spawn_writer;
 use crate::replicator::{self, ReplicatorConfig, ReplicatorError};
 use crate::schema::{self, Catalog, CompiledSchema, ResolveError, SchemaErrors, WriteRules};
-use crate::server::{self, ServeError, SyncContext};
+use crate::server::{self, Fanout, ServeError, SyncContext};
 use crate::store::{self, ReaderPool, StoreError, StoreWriter};
 use crate::writes::{Applier, ApplierConfig, WriteError};
 use std::net::SocketAddr;
@@ -58,6 +58,9 @@ pub enum ServiceError {
 
 /// Postgres connections applying client writes at once.
 const WRITE_CONNECTIONS: usize = 4;
+/// How often a stream whose data did not change is told how far the store
+/// has read the WAL.
+const IDLE_LSN_EVERY: Duration = Duration::from_secs(1);
 
 /// Loads the schema files and compiles them against the live catalog: what
 /// `outpost check` runs, and the first step of `outpost serve`.
@@ -203,12 +206,15 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
 
     let handle = spawn_writer(writer, schema.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let fanout = Arc::new(Fanout::default());
+    tokio::spawn(fanout.clone().run(handle.progress.clone()));
     let ctx = Arc::new(SyncContext {
         schema: schema.clone(),
         auth,
         readers: Arc::new(ReaderPool::new(&db_path, 16)),
-        progress: handle.progress.clone(),
         keepalive: Duration::from_secs(cfg.keepalive_secs.max(1)),
+        fanout,
+        idle_lsn_every: IDLE_LSN_EVERY,
         batch_ops: 1000,
         writes,
     });

@@ -53,6 +53,14 @@ impl Figure {
         }
     }
 
+    /// The same comparison, shown without a target.
+    pub fn without_target(self) -> Figure {
+        Figure {
+            target_ratio: None,
+            ..self
+        }
+    }
+
     pub fn info(id: &str, what: &str, outpost: f64) -> Figure {
         Figure {
             id: id.into(),
@@ -77,7 +85,7 @@ fn fmt(v: f64) -> String {
 
 pub fn print_table(figures: &[Figure]) {
     println!(
-        "{:<8} {:<44} {:>14} {:>14} {:>8} {:>8}  baseline",
+        "{:<12} {:<60} {:>10} {:>10} {:>6} {:>6}  baseline",
         "id", "figure", "outpost", "baseline", "ratio", "target"
     );
     for f in figures {
@@ -88,7 +96,7 @@ pub fn print_table(figures: &[Figure]) {
             _ => "",
         };
         println!(
-            "{:<8} {:<44} {:>14} {:>14} {:>8} {:>8}  {} {}",
+            "{:<12} {:<60} {:>10} {:>10} {:>6} {:>6}  {} {}",
             f.id,
             f.what,
             fmt(f.outpost),

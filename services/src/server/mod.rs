@@ -6,9 +6,11 @@
 //! [`session`]): a slow client applies back-pressure to its own task only,
 //! and a client that goes away is noticed when the channel closes.
 
+mod fanout;
 mod session;
 mod sync;
 
+pub use fanout::Fanout;
 pub use sync::{SyncContext, SyncService};
 
 use outpost_proto::v1::sync_server::SyncServer;

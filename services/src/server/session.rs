@@ -24,7 +24,7 @@
 //!   saying so.
 
 use super::sync::SyncContext;
-use crate::store::{ReadTxn, StoreError, Touched};
+use crate::store::{ReadTxn, StoreError};
 use outpost_proto::v1::sync_response::Message;
 use outpost_proto::v1::{
     BucketChecksum, BucketCursor, BucketReset, Checkpoint, ColumnSchema, DataBatch, Keepalive,
@@ -109,16 +109,21 @@ impl Session {
         let schema_msg = Message::Schema(schema_message(&ctx, &start.tables));
         tx.send(msg(schema_msg)).await.map_err(|_| Gone)?;
 
-        let mut progress = ctx.progress.clone();
+        let mut dispatched = ctx.fanout.subscribe();
         // A store still loading its first snapshot has nothing to offer yet.
         let store_epoch = tokio::select! {
-            ready = progress.wait_for(|p| !p.epoch.is_empty()) => match ready {
-                Ok(p) => p.epoch.clone(),
-                Err(_) => return Err(Gone),
+            ready = dispatched.wait_for(|d| !d.epoch.is_empty() || d.closed) => match ready {
+                Ok(d) if !d.closed => d.epoch.clone(),
+                _ => return Err(Gone),
             },
             _ = tx.closed() => return Err(Gone),
         };
         let same_epoch = !start.request.epoch.is_empty() && start.request.epoch == store_epoch;
+        // The membership keys of this user: a change to their entries can
+        // change the bucket set.
+        let member_keys = ctx.schema.selector_keys(&start.buckets);
+        let registration = ctx.fanout.register(&start.request.client_id, member_keys);
+        let signal = registration.signal();
         let mut state = BucketSet {
             selectors: Arc::new(start.buckets),
             shapes: Arc::new(start.request.shapes),
@@ -129,36 +134,17 @@ impl Session {
         };
         let mut last_sent_op = 0u64;
         let mut last_sent_lsn = 0u64;
-        // The membership keys of this user: a change to their entries can
-        // change the bucket set.
-        let member_keys: HashSet<(usize, String)> = ctx
-            .schema
-            .selector_keys(&state.selectors)
-            .into_iter()
-            .collect();
-        let mut last_seq: Option<u64> = None;
-        // LSN-only checkpoints are sent at most this often.
-        let lsn_every = std::time::Duration::from_millis(100);
         let mut lsn_sent_at = tokio::time::Instant::now();
         let mut keepalive = tokio::time::interval(ctx.keepalive);
         keepalive.reset();
         loop {
-            let (target, epoch, durable, seq, touched) = {
-                let p = progress.borrow_and_update();
-                (
-                    p.op_id,
-                    p.epoch.clone(),
-                    p.durable_lsn.0,
-                    p.seq,
-                    p.touched.clone(),
-                )
-            };
-            // Without a gap in the publications, the touched sets say whether
-            // anything of this stream changed; with one, read to be sure.
-            let consecutive = last_seq.is_some_and(|l| seq == l + 1);
-            let mine = !consecutive || touches(&touched, &state.cursors, &member_keys);
-            last_seq = Some(seq);
-            if epoch != store_epoch {
+            // The dispatched position first, then the signal: a commit up to
+            // that position that touched this stream has set the signal.
+            let position = dispatched.borrow_and_update().clone();
+            if position.closed {
+                return Err(Gone);
+            }
+            if position.epoch != store_epoch {
                 // The store was rebuilt under this stream: the client must
                 // reconnect and have its buckets reset.
                 let _ = tx
@@ -168,13 +154,8 @@ impl Session {
                     .await;
                 return Err(Gone);
             }
-            let first = state.resolved_at.is_none();
-            if !first && target > last_sent_op && !mine {
-                // Ops for other streams only: this stream's state is current
-                // up to the new op id.
-                last_sent_op = target;
-            }
-            if first || target > last_sent_op {
+            let touched = signal.take_dirty();
+            if touched || state.resolved_at.is_none() {
                 let ctx2 = ctx.clone();
                 let tx2 = tx.clone();
                 let result = tokio::task::spawn_blocking(move || {
@@ -188,55 +169,41 @@ impl Session {
                 .map_err(|_| Gone)??;
                 let ((op_id, lsn), next) = result?;
                 state = next;
-                last_sent_op = op_id.max(target);
-                last_sent_lsn = lsn;
+                registration.set_buckets(&state.held, op_id);
+                last_sent_op = last_sent_op.max(op_id);
+                last_sent_lsn = last_sent_lsn.max(lsn);
                 lsn_sent_at = tokio::time::Instant::now();
-            } else if durable > last_sent_lsn && lsn_sent_at.elapsed() >= lsn_every {
-                // No new ops anywhere, but the store caught up further in the
-                // WAL: tell the client its state is current up to there.
+            } else if position.durable_lsn > last_sent_lsn
+                && (signal.want_lsn() > last_sent_lsn
+                    || lsn_sent_at.elapsed() >= ctx.idle_lsn_every)
+            {
+                // Nothing of this stream changed up to the dispatched
+                // position: its state is current up to there.
+                last_sent_op = last_sent_op.max(position.op_id);
                 let checkpoint = Checkpoint {
                     op_id: last_sent_op,
-                    lsn: durable,
-                    epoch: epoch.clone(),
+                    lsn: position.durable_lsn,
+                    epoch: position.epoch.clone(),
                     buckets: Vec::new(),
                 };
                 tx.send(msg(Message::Checkpoint(checkpoint)))
                     .await
                     .map_err(|_| Gone)?;
-                last_sent_lsn = durable;
+                last_sent_lsn = position.durable_lsn;
                 lsn_sent_at = tokio::time::Instant::now();
             }
-            let lsn_pending = durable > last_sent_lsn;
+            let lsn_pending = position.durable_lsn > last_sent_lsn;
             tokio::select! {
-                _ = tokio::time::sleep_until(lsn_sent_at + lsn_every), if lsn_pending => {}
-                changed = progress.changed() => {
-                    if changed.is_err() {
-                        return Err(Gone);
-                    }
-                }
+                _ = tokio::time::sleep_until(lsn_sent_at + ctx.idle_lsn_every), if lsn_pending => {}
+                () = signal.notified() => {}
                 _ = keepalive.tick() => {
-                    let lsn = ctx.progress.borrow().durable_lsn.0;
+                    let lsn = dispatched.borrow().durable_lsn;
                     tx.send(msg(Message::Keepalive(Keepalive { lsn }))).await.map_err(|_| Gone)?;
                 }
                 _ = tx.closed() => return Err(Gone),
             }
         }
     }
-}
-
-/// Whether a store commit changed a bucket this stream holds or the
-/// membership entries of its user.
-fn touches(
-    touched: &Touched,
-    held: &HashMap<String, u64>,
-    member_keys: &HashSet<(usize, String)>,
-) -> bool {
-    let buckets = if touched.buckets.len() <= held.len() {
-        touched.buckets.iter().any(|b| held.contains_key(b))
-    } else {
-        held.keys().any(|b| touched.buckets.contains(b))
-    };
-    buckets || touched.members.iter().any(|m| member_keys.contains(m))
 }
 
 /// The buckets a stream holds and where the client is in each.

@@ -1,9 +1,9 @@
 //! The `Sync` call: authenticates the token, resolves the user's buckets and
 //! starts a session task that streams them.
 
+use super::fanout::Fanout;
 use super::session::{Session, SessionStart};
 use crate::auth::Authenticator;
-use crate::ingest::Progress;
 use crate::schema::{CompiledSchema, MergeKind};
 use crate::store::ReaderPool;
 use crate::writes::{Applier, WriteError, check_request};
@@ -12,7 +12,7 @@ use outpost_proto::v1::{SyncRequest, SyncResponse, WriteRequest, WriteResponse};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -21,10 +21,14 @@ pub struct SyncContext {
     pub schema: Arc<CompiledSchema>,
     pub auth: Arc<Authenticator>,
     pub readers: Arc<ReaderPool>,
-    /// Store progress, published by the writer after every commit.
-    pub progress: watch::Receiver<Progress>,
     /// How often an idle stream gets a keepalive.
     pub keepalive: Duration,
+    /// Which streams each store commit concerns.
+    pub fanout: Arc<Fanout>,
+    /// How often a stream whose data did not change is told how far the
+    /// store has read the WAL (an LSN-only checkpoint). A client that wrote
+    /// is told as soon as the store reaches its write.
+    pub idle_lsn_every: Duration,
     /// Most ops in one `DataBatch`.
     pub batch_ops: usize,
     /// Applies `Write` calls; `None` when the schema files declare no write
@@ -151,6 +155,7 @@ impl SyncApi for SyncService {
         // Applied in a task of its own: a client that goes away mid-request
         // does not cut a group short (each group is atomic anyway, but the
         // connection would be lost).
+        let request_client_id = request.client_id.clone();
         let applied = tokio::spawn(async move {
             applier
                 .apply(&request.client_id, &claims, &request.groups)
@@ -159,7 +164,13 @@ impl SyncApi for SyncService {
         .await
         .map_err(|e| Status::internal(format!("the write task failed: {e}")))?;
         match applied {
-            Ok(results) => Ok(Response::new(WriteResponse { results })),
+            Ok(results) => {
+                let applied = results.iter().map(|r| r.commit_lsn).max().unwrap_or(0);
+                if applied > 0 {
+                    self.ctx.fanout.expect_lsn(&request_client_id, applied);
+                }
+                Ok(Response::new(WriteResponse { results }))
+            }
             Err(e @ WriteError::InvalidRequest(_)) => Err(Status::invalid_argument(e.to_string())),
             Err(e) => {
                 tracing::warn!(error = %e, "write request failed");
