@@ -63,7 +63,8 @@ fn outpost_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// CPU time (user + system) of the service's store thread, in seconds.
+/// CPU time of the service's store thread, in seconds (from the
+/// scheduler's nanosecond account, `/proc/<pid>/task/<tid>/schedstat`).
 fn store_thread_cpu(pid: u32) -> anyhow::Result<f64> {
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let dir = task?.path();
@@ -71,26 +72,16 @@ fn store_thread_cpu(pid: u32) -> anyhow::Result<f64> {
         if comm.trim() != "outpost-store" {
             continue;
         }
-        let stat = std::fs::read_to_string(dir.join("stat"))?;
-        // Fields after the parenthesised name: state is field 3, utime 14,
-        // stime 15 (in clock ticks).
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .context("malformed task stat")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields
-            .get(11)
-            .zip(fields.get(12))
-            .and_then(|(u, s)| Some(u.parse::<u64>().ok()? + s.parse::<u64>().ok()?))
-            .context("no utime/stime in task stat")?;
-        return Ok(ticks as f64 / CLOCK_TICKS_PER_SEC);
+        let schedstat = std::fs::read_to_string(dir.join("schedstat"))?;
+        let ns: u64 = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .context("malformed schedstat")?;
+        return Ok(ns as f64 / 1e9);
     }
     bail!("the service has no `outpost-store` thread")
 }
-
-/// `sysconf(_SC_CLK_TCK)` on Linux.
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 struct Run {
     per_change_us: f64,
