@@ -27,6 +27,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// How the service reaches its replication slot.
+/// The most messages handed to the writer at once.
+const MAX_BATCH: usize = 512;
+
 #[derive(Clone, Debug)]
 pub struct ReplicatorConfig {
     pub pg: tokio_postgres::Config,
@@ -145,29 +148,48 @@ async fn session(
                 return Ok(());
             }
             event = stream.next() => {
-                match event? {
-                    None => return Err(ReplicatorError::StreamEnded),
-                    Some(ReplicationEvent::Message { message, wal_end, .. }) => {
-                        received = received.max(wal_end);
-                        match &message {
-                            PgOutput::Begin(_) => in_txn = true,
-                            PgOutput::Commit(_) => in_txn = false,
-                            _ => {}
+                // Everything this read brought in goes to the writer as one
+                // batch: one wake-up of the writer thread per batch, not per
+                // message.
+                let mut batch = Vec::new();
+                let mut event = event?;
+                loop {
+                    match event {
+                        None => {
+                            send_batch(writer, &mut batch).await?;
+                            return Err(ReplicatorError::StreamEnded);
                         }
-                        writer.send(WriterMsg::Replicated(message)).await.map_err(|_| ReplicatorError::WriterGone)?;
+                        Some(ReplicationEvent::Message { message, wal_end, .. }) => {
+                            received = received.max(wal_end);
+                            match &message {
+                                PgOutput::Begin(_) => in_txn = true,
+                                PgOutput::Commit(_) => in_txn = false,
+                                _ => {}
+                            }
+                            batch.push(message);
+                        }
+                        Some(ReplicationEvent::Keepalive { wal_end, reply_requested }) => {
+                            received = received.max(wal_end);
+                            if !in_txn {
+                                send_batch(writer, &mut batch).await?;
+                                writer.send(WriterMsg::Idle(wal_end)).await.map_err(|_| ReplicatorError::WriterGone)?;
+                            }
+                            if reply_requested {
+                                let durable = progress.borrow().durable_lsn;
+                                stream.send_status(received.max(durable), durable, durable, false).await?;
+                                acked = durable;
+                            }
+                        }
                     }
-                    Some(ReplicationEvent::Keepalive { wal_end, reply_requested }) => {
-                        received = received.max(wal_end);
-                        if !in_txn {
-                            writer.send(WriterMsg::Idle(wal_end)).await.map_err(|_| ReplicatorError::WriterGone)?;
-                        }
-                        if reply_requested {
-                            let durable = progress.borrow().durable_lsn;
-                            stream.send_status(received.max(durable), durable, durable, false).await?;
-                            acked = durable;
-                        }
+                    if batch.len() >= MAX_BATCH {
+                        break;
+                    }
+                    match stream.try_next()? {
+                        Some(next) => event = Some(next),
+                        None => break,
                     }
                 }
+                send_batch(writer, &mut batch).await?;
             }
             changed = progress.changed() => {
                 if changed.is_err() {
@@ -188,6 +210,20 @@ async fn session(
             }
         }
     }
+}
+
+/// Hands a batch of decoded messages to the writer (nothing when empty).
+async fn send_batch(
+    writer: &mpsc::Sender<WriterMsg>,
+    batch: &mut Vec<PgOutput>,
+) -> Result<(), ReplicatorError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    writer
+        .send(WriterMsg::Replicated(std::mem::take(batch)))
+        .await
+        .map_err(|_| ReplicatorError::WriterGone)
 }
 
 /// Creates the slot and loads its exported snapshot; returns the consistent

@@ -6,10 +6,11 @@ mod graph;
 use crate::lsn::Lsn;
 use crate::pgtypes::{self, ConvertError};
 use crate::replication::{PgOutput, Relation, Tuple, TupleValue};
-use crate::schema::CompiledSchema;
-use crate::store::{StoreError, StoreWriter, TextRow};
+use crate::schema::{CompiledSchema, RouteMemo};
+use crate::store::{MirrorRow, Placed, StoreError, StoreWriter, TextRow};
 use outpost_proto::v1::{RowOp, Value, row_op::Kind};
 use outpost_proto::{key_string, row_hash};
+use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -64,6 +65,8 @@ pub struct RowChanges {
     skipping: bool,
     /// Scratch buffer for routing.
     route_buf: Vec<String>,
+    /// Recent bucket names of the schema's definitions.
+    route_memo: RouteMemo,
     /// Ops written since the counter was last taken, for group commit sizing.
     ops_written: u64,
 }
@@ -83,6 +86,7 @@ impl RowChanges {
             relations: HashMap::new(),
             skipping: false,
             route_buf: Vec::new(),
+            route_memo: RouteMemo::default(),
             ops_written: 0,
         }
     }
@@ -131,7 +135,7 @@ impl RowChanges {
                 let Some((table, decoded)) = self.decode(i.relation_id, &i.new)? else {
                     return Ok(None);
                 };
-                self.put_row(store, table, None, decoded)?;
+                self.put_row(store, table, None, true, decoded)?;
             }
             PgOutput::Update(u) if !self.skipping => {
                 let Some((table, decoded)) = self.decode(u.relation_id, &u.new)? else {
@@ -144,7 +148,7 @@ impl RowChanges {
                     },
                     None => None,
                 };
-                self.put_row(store, table, old_key, decoded)?;
+                self.put_row(store, table, old_key, false, decoded)?;
             }
             PgOutput::Delete(d) if !self.skipping => {
                 let Some(old) = d.key.as_ref().or(d.old.as_ref()) else {
@@ -280,14 +284,27 @@ impl RowChanges {
         })
     }
 
-    fn op(&self, table: usize, kind: Kind, key: Vec<Value>, values: Vec<Value>) -> RowOp {
-        RowOp {
+    /// An op as stored: the encoded `RowOp` with `op_id` 0 (the store sets
+    /// the id when it reads the op back). One encoding serves every bucket.
+    /// `key` and `values` are lent to the message and given back.
+    fn op(
+        &self,
+        table: usize,
+        kind: Kind,
+        key: &mut Vec<Value>,
+        values: &mut Vec<Value>,
+    ) -> Vec<u8> {
+        let mut msg = RowOp {
             op_id: 0,
             kind: kind as i32,
             table: self.schema.tables[table].client_name.clone(),
-            key,
-            values,
-        }
+            key: std::mem::take(key),
+            values: std::mem::take(values),
+        };
+        let bytes = msg.encode_to_vec();
+        *key = std::mem::take(&mut msg.key);
+        *values = std::mem::take(&mut msg.values);
+        bytes
     }
 
     /// Loads one row of the initial snapshot.
@@ -301,6 +318,7 @@ impl RowChanges {
             store,
             table,
             None,
+            true,
             DecodedTuple {
                 row,
                 unchanged: Vec::new(),
@@ -309,80 +327,106 @@ impl RowChanges {
     }
 
     /// Inserts or updates a row. `old_key` is the key of the old version when
-    /// the change carried one (the key may have changed).
+    /// the change carried one (the key may have changed); `maybe_new` says
+    /// the row is most likely not mirrored yet (an insert), so it is first
+    /// stored as new, and only looked up when that finds its key taken.
     fn put_row(
         &mut self,
         store: &mut StoreWriter,
         table: usize,
         old_key: Option<String>,
+        maybe_new: bool,
         mut new: DecodedTuple,
     ) -> Result<(), IngestError> {
         let schema = Arc::clone(&self.schema);
         let tbl = schema.tables[table].client_name.as_str();
-        // Without unchanged TOAST values the new version is complete: convert
-        // it once and look the old version up under its key.
-        let (lookup_key, old, wire) = if new.unchanged.is_empty() {
+        // Unchanged TOAST values come from the old version: look it up first.
+        // Otherwise the new version is complete: convert it once.
+        let mut old = None;
+        let (lookup_key, mut wire) = if new.unchanged.is_empty() {
             let wire = self.wire_row(table, &new.row)?;
-            let lookup_key = old_key.unwrap_or_else(|| wire.key_string.clone());
-            let old = store.mirror_get(tbl, &lookup_key)?;
-            (lookup_key, old, wire)
+            (old_key.unwrap_or_else(|| wire.key_string.clone()), wire)
         } else {
             let lookup_key = match old_key {
                 Some(key) => key,
                 None => self.wire_key(table, &new.row)?.1,
             };
-            let old = store.mirror_get(tbl, &lookup_key)?;
-            let Some((old_row, _)) = &old else {
+            let Some(found) = store.mirror_get(tbl, &lookup_key)? else {
                 return Err(IngestError::MissingRow {
                     table: tbl.to_string(),
                     key: lookup_key,
                 });
             };
             for &col in &new.unchanged {
-                new.row.0[col] = old_row.0[col].clone();
+                new.row.0[col] = found.row.0[col].clone();
             }
-            (lookup_key, old, self.wire_row(table, &new.row)?)
+            old = Some(found);
+            (lookup_key, self.wire_row(table, &new.row)?)
         };
         let mut route = std::mem::take(&mut self.route_buf);
         route.clear();
         self.route(store, table, &new.row, &mut route)?;
-
+        let put = self.op(table, Kind::Put, &mut wire.key, &mut wire.values);
         let key_changed = lookup_key != wire.key_string;
-        let mut old_buckets: &[String] = &[];
-        let mut same_values = false;
-        if let Some((old_row, buckets)) = &old {
-            same_values = !key_changed && self.wire_row(table, old_row)?.hash == wire.hash;
+        if old.is_none() {
+            if maybe_new
+                && !key_changed
+                && store.insert_new_row(tbl, &wire.key_string, &new.row, wire.hash, &route, &put)?
+            {
+                self.ops_written += route.len() as u64;
+                self.route_buf = route;
+                return self.index_row(store, table, None, Some((&wire.key_string, &new.row)));
+            }
+            old = store.mirror_get(tbl, &lookup_key)?;
+        }
+
+        if let Some(old) = &old {
             if key_changed {
-                let (old_key_values, _) = self.wire_key(table, old_row)?;
-                let op = self.op(table, Kind::Remove, old_key_values, Vec::new());
-                for b in buckets {
-                    store.bucket_remove(b, tbl, &lookup_key, &op)?;
+                // The old key leaves every bucket.
+                let (mut old_key_values, _) = self.wire_key(table, &old.row)?;
+                let op = self.op(table, Kind::Remove, &mut old_key_values, &mut Vec::new());
+                for p in &old.placed {
+                    store.bucket_remove(&p.bucket, tbl, &lookup_key, &op, (p.op_id, old.hash))?;
                     self.ops_written += 1;
                 }
                 store.mirror_delete(tbl, &lookup_key)?;
             } else {
                 let mut op = None;
-                for b in buckets.iter().filter(|b| route.binary_search(b).is_err()) {
+                for p in old
+                    .placed
+                    .iter()
+                    .filter(|p| route.binary_search(&p.bucket).is_err())
+                {
                     let op = op.get_or_insert_with(|| {
-                        self.op(table, Kind::Remove, wire.key.clone(), Vec::new())
+                        self.op(table, Kind::Remove, &mut wire.key, &mut Vec::new())
                     });
-                    store.bucket_remove(b, tbl, &lookup_key, op)?;
+                    store.bucket_remove(&p.bucket, tbl, &lookup_key, op, (p.op_id, old.hash))?;
                     self.ops_written += 1;
                 }
             }
-            old_buckets = buckets;
         }
-        let op = self.op(table, Kind::Put, wire.key, wire.values);
+        let mut placed = Vec::with_capacity(route.len());
         for b in &route {
-            if same_values && old_buckets.contains(b) {
-                continue;
-            }
-            store.bucket_put(b, tbl, &wire.key_string, &op, wire.hash)?;
-            self.ops_written += 1;
+            let replaces = old
+                .as_ref()
+                .filter(|_| !key_changed)
+                .and_then(|o| o.placed_in(b));
+            let op_id = match replaces {
+                // The row is there with the same values: its op stands.
+                Some((op_id, hash)) if hash == wire.hash => op_id,
+                _ => {
+                    self.ops_written += 1;
+                    store.bucket_put(b, tbl, &wire.key_string, &put, wire.hash, replaces)?
+                }
+            };
+            placed.push(Placed {
+                bucket: b.clone(),
+                op_id,
+            });
         }
-        store.mirror_put(tbl, &wire.key_string, &new.row, &route)?;
+        store.mirror_put(tbl, &wire.key_string, &new.row, &placed, wire.hash)?;
         self.route_buf = route;
-        let old_row = old.map(|(row, _)| (lookup_key, row));
+        let old_row = old.map(|o| (lookup_key, o.row));
         self.index_row(
             store,
             table,
@@ -399,23 +443,23 @@ impl RowChanges {
     ) -> Result<(), IngestError> {
         let schema = Arc::clone(&self.schema);
         let tbl = schema.tables[table].client_name.as_str();
-        let Some((old_row, buckets)) = store.mirror_get(tbl, key)? else {
+        let Some(MirrorRow { row, placed, hash }) = store.mirror_get(tbl, key)? else {
             tracing::warn!(table = %tbl, key, "delete of a row the mirror does not hold");
             return Ok(());
         };
-        let (key_values, _) = self.wire_key(table, &old_row)?;
-        let op = self.op(table, Kind::Remove, key_values, Vec::new());
-        for b in &buckets {
-            store.bucket_remove(b, tbl, key, &op)?;
+        let (mut key_values, _) = self.wire_key(table, &row)?;
+        let op = self.op(table, Kind::Remove, &mut key_values, &mut Vec::new());
+        for p in &placed {
+            store.bucket_remove(&p.bucket, tbl, key, &op, (p.op_id, hash))?;
             self.ops_written += 1;
         }
         store.mirror_delete(tbl, key)?;
-        self.index_row(store, table, Some((key, &old_row)), None)
+        self.index_row(store, table, Some((key, &row)), None)
     }
 
     fn truncate(&mut self, store: &mut StoreWriter, table: usize) -> Result<(), IngestError> {
         let tbl = self.schema.tables[table].client_name.clone();
-        for (key, _) in store.mirror_keys(&tbl)? {
+        for key in store.mirror_keys(&tbl)? {
             self.delete_row(store, table, &key)?;
         }
         Ok(())

@@ -19,6 +19,10 @@ use tokio::sync::{mpsc, watch};
 /// A store commit is forced at the next transaction boundary past these.
 const GROUP_COMMIT_MAX_AGE: Duration = Duration::from_millis(100);
 const GROUP_COMMIT_MAX_OPS: u64 = 100_000;
+/// Batches of messages the channel from the replication task holds: with up
+/// to 512 messages each, enough to keep the writer busy while the network is
+/// read, few enough to bound the memory a slow writer lets pile up.
+const CHANNEL_BATCHES: usize = 32;
 /// Tombstones (remove ops) are kept for this many op ids; a client whose
 /// cursor is older gets the bucket again from zero.
 const TOMBSTONE_RETENTION_OPS: u64 = 1_000_000;
@@ -28,8 +32,9 @@ const COMPACTION_EVERY_OPS: u64 = 100_000;
 /// What the replication task tells the writer.
 #[derive(Debug)]
 pub enum WriterMsg {
-    /// A decoded pgoutput message, in stream order.
-    Replicated(PgOutput),
+    /// Decoded pgoutput messages, in stream order: what the replication
+    /// connection had read at once.
+    Replicated(Vec<PgOutput>),
     /// No transaction is open and nothing before `lsn` remains to be sent.
     Idle(Lsn),
     /// The replication connection was lost: drop an incomplete transaction.
@@ -120,7 +125,7 @@ impl Publisher<'_> {
 
 /// Starts the writer thread over an opened store.
 pub fn spawn_writer(mut store: StoreWriter, schema: Arc<CompiledSchema>) -> WriterHandle {
-    let (tx, rx) = mpsc::channel(8192);
+    let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     let (progress_tx, progress) = watch::channel(progress_of(&mut store, 0));
     let thread = std::thread::Builder::new()
         .name("outpost-store".into())
@@ -172,16 +177,20 @@ fn run(
     };
     while let Some(msg) = rx.blocking_recv() {
         match msg {
-            WriterMsg::Replicated(m) => {
-                let closed = changes.apply(&mut store, m)?;
-                if store.in_transaction() && opened_at.is_none() {
-                    opened_at = Some(Instant::now());
-                }
-                ops_in_txn += changes.take_ops_written();
-                if closed.is_some() {
-                    let old = opened_at.is_some_and(|t| t.elapsed() >= GROUP_COMMIT_MAX_AGE);
-                    if rx.is_empty() || old || ops_in_txn >= GROUP_COMMIT_MAX_OPS {
-                        commit(&mut store, &mut opened_at, &mut ops_in_txn)?;
+            WriterMsg::Replicated(batch) => {
+                let last = batch.len().saturating_sub(1);
+                for (i, m) in batch.into_iter().enumerate() {
+                    let closed = changes.apply(&mut store, m)?;
+                    if store.in_transaction() && opened_at.is_none() {
+                        opened_at = Some(Instant::now());
+                    }
+                    ops_in_txn += changes.take_ops_written();
+                    if closed.is_some() {
+                        let old = opened_at.is_some_and(|t| t.elapsed() >= GROUP_COMMIT_MAX_AGE);
+                        let caught_up = i == last && rx.is_empty();
+                        if caught_up || old || ops_in_txn >= GROUP_COMMIT_MAX_OPS {
+                            commit(&mut store, &mut opened_at, &mut ops_in_txn)?;
+                        }
                     }
                 }
             }

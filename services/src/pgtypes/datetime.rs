@@ -57,11 +57,41 @@ pub(super) fn timestamp_iso(text: &str, with_zone: bool) -> Result<String, Strin
             (tod % 60) as u32,
         )
     };
-    Ok(format!(
-        "{}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{frac}{}",
-        format_year(year),
-        if with_zone { "Z" } else { "" }
-    ))
+    // Built by hand: this runs for every timestamp of every replicated row.
+    let mut out = String::with_capacity(21 + frac.len());
+    push_year(&mut out, year);
+    for (sep, n) in [
+        ('-', month),
+        ('-', day),
+        ('T', hour),
+        (':', minute),
+        (':', second),
+    ] {
+        out.push(sep);
+        push_2digits(&mut out, n);
+    }
+    out.push_str(frac);
+    if with_zone {
+        out.push('Z');
+    }
+    Ok(out)
+}
+
+/// Appends `n` (below 100) as two digits.
+fn push_2digits(out: &mut String, n: u32) {
+    out.push(char::from(b'0' + (n / 10 % 10) as u8));
+    out.push(char::from(b'0' + (n % 10) as u8));
+}
+
+/// Appends a year as `format_year` prints it.
+fn push_year(out: &mut String, year: i64) {
+    if (0..10_000).contains(&year) {
+        let y = year as u32;
+        push_2digits(out, y / 100);
+        push_2digits(out, y % 100);
+    } else {
+        out.push_str(&format_year(year));
+    }
 }
 
 /// `YYYY-MM-DD[ BC]` → `YYYY-MM-DD` with an astronomical year.

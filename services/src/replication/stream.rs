@@ -86,31 +86,56 @@ impl ReplicationStream {
                 return Ok(None);
             }
             let msg = self.conn.wire.read_message("streaming").await?;
-            match msg {
-                Backend::Message(Message::CopyData(body)) => {
-                    return parse_copy_data(body.into_bytes()).map(Some);
-                }
-                Backend::Message(Message::CopyDone) => {
-                    self.server_done = true;
-                    return Ok(None);
-                }
-                Backend::Message(Message::ErrorResponse(e)) => {
-                    return Err(server_error(wire::server_error(e.fields())));
-                }
-                Backend::Message(Message::NoticeResponse(n)) => log_notice(n.fields()),
-                Backend::Message(Message::ParameterStatus(_)) => {}
-                Backend::Message(Message::CommandComplete(_)) => {
-                    return Err(ReplicationError::Closed {
-                        during: "streaming (the server ended replication, it is shutting down)",
-                    });
-                }
-                other => {
-                    return Err(ReplicationError::Protocol(format!(
-                        "unexpected {} in the replication stream",
-                        wire::describe(&other)
-                    )));
-                }
+            if let Some(event) = self.event_of(msg)? {
+                return Ok(Some(event));
             }
+        }
+    }
+
+    /// The next event when the connection has already read all of it, without
+    /// waiting for the socket: `None` when [`Self::next`] would have to wait
+    /// (or the stream has ended, which `next` then reports). Lets the caller
+    /// hand on everything one socket read brought in as one batch.
+    pub fn try_next(&mut self) -> Result<Option<ReplicationEvent>, ReplicationError> {
+        loop {
+            if self.server_done {
+                return Ok(None);
+            }
+            let Some(msg) = self.conn.wire.try_parse()? else {
+                return Ok(None);
+            };
+            if let Some(event) = self.event_of(msg)? {
+                return Ok(Some(event));
+            }
+        }
+    }
+
+    /// What one backend message means for the stream: an event, or nothing
+    /// to report (a notice, a parameter status, the end of the COPY).
+    fn event_of(&mut self, msg: Backend) -> Result<Option<ReplicationEvent>, ReplicationError> {
+        match msg {
+            Backend::Message(Message::CopyData(body)) => {
+                parse_copy_data(body.into_bytes()).map(Some)
+            }
+            Backend::Message(Message::CopyDone) => {
+                self.server_done = true;
+                Ok(None)
+            }
+            Backend::Message(Message::ErrorResponse(e)) => {
+                Err(server_error(wire::server_error(e.fields())))
+            }
+            Backend::Message(Message::NoticeResponse(n)) => {
+                log_notice(n.fields());
+                Ok(None)
+            }
+            Backend::Message(Message::ParameterStatus(_)) => Ok(None),
+            Backend::Message(Message::CommandComplete(_)) => Err(ReplicationError::Closed {
+                during: "streaming (the server ended replication, it is shutting down)",
+            }),
+            other => Err(ReplicationError::Protocol(format!(
+                "unexpected {} in the replication stream",
+                wire::describe(&other)
+            ))),
         }
     }
 

@@ -93,14 +93,15 @@ impl LikePattern {
         Ok(LikePattern(toks))
     }
 
-    /// Whether `text` matches, character by character.
+    /// Whether `text` matches, character by character (positions in `text`
+    /// are byte offsets of character boundaries: nothing is allocated).
     pub(crate) fn matches(&self, text: &str) -> bool {
         let toks = &self.0;
-        let text: Vec<char> = text.chars().collect();
+        let next_char = |at: usize| text[at..].chars().next();
         let (mut ti, mut pi) = (0usize, 0usize);
         // The last `%` seen and the text position it is tried from.
         let mut backtrack: Option<(usize, usize)> = None;
-        while ti < text.len() {
+        while let Some(c) = next_char(ti) {
             match toks.get(pi) {
                 Some(LikeTok::Any) => {
                     backtrack = Some((pi, ti));
@@ -108,12 +109,12 @@ impl LikePattern {
                     continue;
                 }
                 Some(LikeTok::One) => {
-                    ti += 1;
+                    ti += c.len_utf8();
                     pi += 1;
                     continue;
                 }
-                Some(LikeTok::Lit(c)) if *c == text[ti] => {
-                    ti += 1;
+                Some(LikeTok::Lit(l)) if *l == c => {
+                    ti += c.len_utf8();
                     pi += 1;
                     continue;
                 }
@@ -121,9 +122,10 @@ impl LikePattern {
             }
             match backtrack {
                 Some((p, t)) => {
+                    let skip = next_char(t).map_or(1, char::len_utf8);
                     pi = p + 1;
-                    ti = t + 1;
-                    backtrack = Some((p, t + 1));
+                    ti = t + skip;
+                    backtrack = Some((p, t + skip));
                 }
                 None => return false,
             }

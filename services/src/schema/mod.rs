@@ -134,6 +134,7 @@ pub use compile::{
 };
 pub use error::{CatalogError, SchemaError, SchemaErrors, ShapeRequestError};
 pub use file::{SchemaSource, load_dir};
+pub use route::RouteMemo;
 pub use rules::{
     Denied, MergeKind, ResolveError, TableFunction, TableRules, WriteKind, WriteRules,
     compile_rules, resolve_functions,

@@ -30,7 +30,69 @@ use crate::store::TextRow;
 
 /// A bucket's name from its key elements (see [`key_elem`]).
 pub(crate) fn bucket_name(shape: &str, def: usize, elems: &[String]) -> String {
-    format!("{shape}#{def}[{}]", elems.join(","))
+    let def = def.to_string();
+    let len = shape.len() + def.len() + 3 + elems.iter().map(|e| e.len() + 1).sum::<usize>();
+    let mut name = String::with_capacity(len);
+    name.push_str(shape);
+    name.push('#');
+    name.push_str(&def);
+    name.push('[');
+    for (i, e) in elems.iter().enumerate() {
+        if i > 0 {
+            name.push(',');
+        }
+        name.push_str(e);
+    }
+    name.push(']');
+    name
+}
+
+/// How many definitions' last bucket names a [`RouteMemo`] keeps.
+const MEMO_SIZE: usize = 16;
+
+/// The last bucket names routing gave, for definitions whose key comes from
+/// the row's own columns (no hops): such a name is a function of the
+/// definition and the key columns' text alone, and consecutive changes often
+/// share it (the same owner, the same list). Belongs to one schema: keep one
+/// per [`CompiledSchema`].
+#[derive(Debug, Default)]
+pub struct RouteMemo {
+    entries: Vec<MemoEntry>,
+    /// The entry to replace next.
+    next: usize,
+}
+
+#[derive(Debug)]
+struct MemoEntry {
+    /// `(table, shape, definition)`.
+    def: (usize, usize, usize),
+    /// The key columns' text, in parameter order.
+    texts: Vec<String>,
+    /// The bucket, or None when a key value does not convert.
+    name: Option<String>,
+}
+
+impl RouteMemo {
+    fn find(&self, def: (usize, usize, usize), texts: &[&str]) -> Option<&Option<String>> {
+        self.entries
+            .iter()
+            .find(|e| e.def == def && e.texts.iter().map(String::as_str).eq(texts.iter().copied()))
+            .map(|e| &e.name)
+    }
+
+    fn remember(&mut self, def: (usize, usize, usize), texts: &[&str], name: Option<String>) {
+        let entry = MemoEntry {
+            def,
+            texts: texts.iter().map(|t| t.to_string()).collect(),
+            name,
+        };
+        if self.entries.len() < MEMO_SIZE {
+            self.entries.push(entry);
+        } else {
+            self.entries[self.next] = entry;
+            self.next = (self.next + 1) % MEMO_SIZE;
+        }
+    }
 }
 
 /// One value as it appears inside a key string: `key_string(&[v])` without
@@ -143,67 +205,115 @@ impl CompiledSchema {
         parent: &mut ParentLookup<'_, E>,
         out: &mut Vec<String>,
     ) -> Result<(), E> {
+        self.route_memo(table, row, parent, &mut RouteMemo::default(), out)
+    }
+
+    /// As [`CompiledSchema::route_with`], remembering recent bucket names in
+    /// `memo` (which must only ever be used with this schema).
+    pub fn route_memo<E>(
+        &self,
+        table: usize,
+        row: &[Option<&str>],
+        parent: &mut ParentLookup<'_, E>,
+        memo: &mut RouteMemo,
+        out: &mut Vec<String>,
+    ) -> Result<(), E> {
         if !self.row_ok(table, row) {
             return Ok(());
         }
         let types = &self.column_types[table];
         let values = RowValues::new(row, types);
+        let mut texts: Vec<&str> = Vec::new();
         'def: for &(s, b) in &self.routes[table] {
             let shape = &self.shapes[s];
             let def = &shape.buckets[b];
             if !def.filter.as_ref().is_none_or(|f| f.is_true(&values)) {
                 continue;
             }
-            let mut key = Vec::with_capacity(def.params.len());
+            // A key read from the row alone: look for it in the memo.
+            texts.clear();
             for p in &def.params {
-                if p.hops.is_empty() {
-                    match self.elem_of(table, p.column, &values) {
-                        Some(e) => key.push(e),
-                        None => continue 'def,
-                    }
-                    continue;
-                }
-                let (mut from_table, mut text) = match row.get(p.column).copied().flatten() {
-                    Some(t) => (table, t.to_string()),
-                    None => continue 'def,
-                };
-                let mut last: Option<(usize, usize, TextRow)> = None;
-                for hop in &p.hops {
-                    let Some(key) = self.parent_key(hop.table, &text) else {
-                        tracing::debug!(table = from_table, "hop value does not convert");
-                        continue 'def;
-                    };
-                    let Some(parent_row) = parent(hop.table, &key)? else {
-                        continue 'def;
-                    };
-                    let refs = parent_row.as_refs();
-                    if !self.row_ok(hop.table, &refs) {
-                        continue 'def;
-                    }
-                    let pv = RowValues::new(&refs, &self.column_types[hop.table]);
-                    if !hop.filter.as_ref().is_none_or(|f| f.is_true(&pv)) {
-                        continue 'def;
-                    }
-                    let Some(next) = refs.get(hop.next).copied().flatten() else {
-                        continue 'def;
-                    };
-                    text = next.to_string();
-                    from_table = hop.table;
-                    last = Some((hop.table, hop.next, parent_row));
-                }
-                let Some((t, column, parent_row)) = last else {
-                    continue 'def;
-                };
-                let refs = parent_row.as_refs();
-                let pv = RowValues::new(&refs, &self.column_types[t]);
-                match self.elem_of(t, column, &pv) {
-                    Some(e) => key.push(e),
+                match row.get(p.column).copied().flatten() {
+                    Some(t) if p.hops.is_empty() => texts.push(t),
+                    Some(_) => break,
                     None => continue 'def,
                 }
             }
-            out.push(bucket_name(&shape.name, b, &key));
+            let from_row = texts.len() == def.params.len();
+            if from_row && let Some(name) = memo.find((table, s, b), &texts) {
+                out.extend(name.iter().cloned());
+                continue;
+            }
+            let name = self.def_bucket(table, row, &values, s, b, parent)?;
+            if from_row {
+                memo.remember((table, s, b), &texts, name.clone());
+            }
+            out.extend(name);
         }
         Ok(())
+    }
+
+    /// The bucket of definition `b` of shape `s` a row (whose filter is TRUE)
+    /// is in, if any.
+    fn def_bucket<E>(
+        &self,
+        table: usize,
+        row: &[Option<&str>],
+        values: &RowValues<'_>,
+        s: usize,
+        b: usize,
+        parent: &mut ParentLookup<'_, E>,
+    ) -> Result<Option<String>, E> {
+        let shape = &self.shapes[s];
+        let def = &shape.buckets[b];
+        let mut key = Vec::with_capacity(def.params.len());
+        for p in &def.params {
+            if p.hops.is_empty() {
+                match self.elem_of(table, p.column, values) {
+                    Some(e) => key.push(e),
+                    None => return Ok(None),
+                }
+                continue;
+            }
+            let (mut from_table, mut text) = match row.get(p.column).copied().flatten() {
+                Some(t) => (table, t.to_string()),
+                None => return Ok(None),
+            };
+            let mut last: Option<(usize, usize, TextRow)> = None;
+            for hop in &p.hops {
+                let Some(key) = self.parent_key(hop.table, &text) else {
+                    tracing::debug!(table = from_table, "hop value does not convert");
+                    return Ok(None);
+                };
+                let Some(parent_row) = parent(hop.table, &key)? else {
+                    return Ok(None);
+                };
+                let refs = parent_row.as_refs();
+                if !self.row_ok(hop.table, &refs) {
+                    return Ok(None);
+                }
+                let pv = RowValues::new(&refs, &self.column_types[hop.table]);
+                if !hop.filter.as_ref().is_none_or(|f| f.is_true(&pv)) {
+                    return Ok(None);
+                }
+                let Some(next) = refs.get(hop.next).copied().flatten() else {
+                    return Ok(None);
+                };
+                text = next.to_string();
+                from_table = hop.table;
+                last = Some((hop.table, hop.next, parent_row));
+            }
+            let Some((t, column, parent_row)) = last else {
+                return Ok(None);
+            };
+            let refs = parent_row.as_refs();
+            let pv = RowValues::new(&refs, &self.column_types[t]);
+            match self.elem_of(t, column, &pv) {
+                Some(e) => key.push(e),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(bucket_name(&shape.name, b, &key)))
     }
 
     /// Whether rows of `table` give membership index entries.

@@ -4,8 +4,11 @@
 //!
 //! ```text
 //! meta        key → value: epoch, schema version, slot, last commit LSN, last op id
-//! mirror      (table, key) → the row as Postgres printed it + the buckets it is in
-//! bucket_ops  (bucket, table, key) → the latest op for that row in that bucket
+//! mirror      (table, key) → the row as Postgres printed it + where it is placed
+//!             (each bucket it is in, with the id of its PUT op there) + the
+//!             hash of that version
+//! bucket_ops  (bucket, op id) → the op: table, key, kind, encoded RowOp
+//! tombstones  (bucket, table, key) → op id of the row's REMOVE op there
 //! buckets     bucket → checksum, row count, last op id, compaction horizon
 //! members     (membership, user key, key, source row) — the membership index
 //! member_versions (membership, user key) → op id of its last change
@@ -21,10 +24,18 @@
 //!   bucket from a cursor gives the changed rows' current state, and reading
 //!   it from zero gives the bucket's whole content. Removes stay as tombstones
 //!   until compacted past a horizon; a cursor older than the horizon must be
-//!   reset by the reader.
+//!   reset by the reader. A PUT op is found through the mirror's `placed`, a
+//!   REMOVE op through `tombstones` (one entry per REMOVE op), so that an op
+//!   is written as an append to its bucket's log, with one index.
 //! - A bucket's checksum is the wrapping sum of the row hashes of the PUT ops
 //!   it holds (see `outpost_proto::row_hash`), kept up to date in the same
 //!   store transaction as the ops.
+//! - A mirror row's `placed` lists exactly the buckets holding a PUT op for
+//!   it, with those ops' ids, and `hash` is their hash: the writer replaces
+//!   ops and keeps checksums from the mirror without reading ops back.
+//! - A store written by an older layout (`meta.format` below [`FORMAT`]) is
+//!   emptied when the writer opens it: the service then rebuilds it from a
+//!   new snapshot, under a new epoch.
 //! - `meta.last_commit_lsn` is the commit LSN of the last replicated
 //!   transaction stored: a transaction at or below it is a replay and is
 //!   skipped by the ingest.
@@ -39,12 +50,15 @@
 //!   changed parent finds the rows routed through it.
 
 mod index;
+mod mirror;
 mod reader;
+mod sums;
 #[cfg(test)]
 mod tests;
 mod text_row;
 mod writer;
 
+pub use mirror::{MirrorRow, Placed};
 pub use reader::{BucketInfo, ReadTxn, ReaderPool, StoredCheckpoint};
 pub use text_row::{DecodeRowError, TextRow};
 pub use writer::{StoreState, StoreWriter, Touched};
@@ -69,6 +83,8 @@ pub enum StoreError {
     Op(#[from] prost::DecodeError),
     #[error("store meta value {key} is damaged: {value:?}")]
     Meta { key: &'static str, value: String },
+    #[error("mirror row {key} of {tbl} is damaged")]
+    Mirror { tbl: String, key: String },
 }
 
 /// The database file inside a data directory.
@@ -76,16 +92,28 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
     data_dir.join("outpost.db")
 }
 
+/// The layout of the tables below; a store with an older one is rebuilt.
+const FORMAT: i64 = 2;
+
+/// Every table of the store, to empty a store of an older layout.
+const DROP_ALL: &str = "
+DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS mirror; DROP TABLE IF EXISTS bucket_ops;
+DROP TABLE IF EXISTS tombstones;
+DROP TABLE IF EXISTS buckets; DROP TABLE IF EXISTS members; DROP TABLE IF EXISTS member_versions;
+DROP TABLE IF EXISTS links;
+";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS mirror (
-    tbl TEXT NOT NULL, key TEXT NOT NULL, row BLOB NOT NULL, buckets TEXT NOT NULL,
-    PRIMARY KEY (tbl, key)) WITHOUT ROWID;
+    tbl TEXT NOT NULL, key TEXT NOT NULL, row BLOB NOT NULL, placed TEXT NOT NULL,
+    hash INTEGER NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bucket_ops (
-    bucket TEXT NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL,
-    op_id INTEGER NOT NULL, kind INTEGER NOT NULL, op BLOB NOT NULL, hash INTEGER NOT NULL,
+    bucket TEXT NOT NULL, op_id INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL,
+    kind INTEGER NOT NULL, op BLOB NOT NULL, PRIMARY KEY (bucket, op_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tombstones (
+    bucket TEXT NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, op_id INTEGER NOT NULL,
     PRIMARY KEY (bucket, tbl, key)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS bucket_ops_by_op ON bucket_ops (bucket, op_id);
 CREATE TABLE IF NOT EXISTS buckets (
     bucket TEXT PRIMARY KEY, checksum INTEGER NOT NULL, count INTEGER NOT NULL,
     last_op_id INTEGER NOT NULL, horizon INTEGER NOT NULL) WITHOUT ROWID;
@@ -121,12 +149,42 @@ fn open_connection(path: &Path, read_only: bool) -> Result<rusqlite::Connection,
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        upgrade(&conn).map_err(open_err)?;
     }
     conn.pragma_update(None, "cache_size", -16384)
         .map_err(open_err)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Creates the tables, first emptying a store of an older layout.
+fn upgrade(conn: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
+    use rusqlite::OptionalExtension;
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_meta {
+        let format: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if format.and_then(|f| f.parse::<i64>().ok()) != Some(FORMAT) {
+            tracing::warn!(
+                format = FORMAT,
+                "the store was written with an older layout; it is rebuilt from a new snapshot"
+            );
+            conn.execute_batch(DROP_ALL)?;
+        }
+    }
+    conn.execute_batch(SCHEMA)?;
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('format', ?1) ON CONFLICT (key) DO NOTHING",
+        [FORMAT.to_string()],
+    )?;
+    Ok(())
 }
 
 /// The op kinds stored in `bucket_ops.kind`, as in the wire `RowOp.Kind`.

@@ -5,6 +5,7 @@ use super::*;
 use crate::lsn::Lsn;
 use outpost_proto::v1::{RowOp, Value, value::Kind};
 use outpost_proto::{bucket_checksum_add, row_hash};
+use prost::Message;
 
 fn op(id: i64, title: &str) -> (RowOp, u64) {
     let key = vec![Value {
@@ -37,8 +38,12 @@ fn checksums_ops_and_snapshots() {
     w.reinitialise("v1", "slot", "epoch1").unwrap();
     let (a, ha) = op(1, "a");
     let (b, hb) = op(2, "b");
-    w.bucket_put("B", "todos", "[1]", &a, ha).unwrap();
-    w.bucket_put("B", "todos", "[2]", &b, hb).unwrap();
+    let a_id = w
+        .bucket_put("B", "todos", "[1]", &a.encode_to_vec(), ha, None)
+        .unwrap();
+    let b_id = w
+        .bucket_put("B", "todos", "[2]", &b.encode_to_vec(), hb, None)
+        .unwrap();
     w.mark_commit(Lsn(10), Lsn(11));
     w.commit().unwrap();
 
@@ -56,10 +61,19 @@ fn checksums_ops_and_snapshots() {
     // changes are invisible to readers.
     let (a2, ha2) = op(1, "a2");
     w.begin().unwrap();
-    w.bucket_put("B", "todos", "[1]", &a2, ha2).unwrap();
+    w.bucket_put(
+        "B",
+        "todos",
+        "[1]",
+        &a2.encode_to_vec(),
+        ha2,
+        Some((a_id, ha)),
+    )
+    .unwrap();
     let (mut rm, _) = op(2, "");
     rm.kind = 2;
-    w.bucket_remove("B", "todos", "[2]", &rm).unwrap();
+    w.bucket_remove("B", "todos", "[2]", &rm.encode_to_vec(), (b_id, hb))
+        .unwrap();
     assert_eq!(pool.read(|t| t.bucket("B")).unwrap().count, 2);
     w.mark_commit(Lsn(20), Lsn(21));
     w.commit().unwrap();

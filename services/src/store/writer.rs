@@ -2,12 +2,19 @@
 //! bucket logs inside one SQLite transaction, which it commits only at a
 //! replicated transaction boundary (possibly several replicated transactions
 //! at once: group commit).
+//!
+//! The caller tells the writer what a row's previous op in a bucket is: the
+//! mirror records, for each bucket a row is in, the id of its PUT op there,
+//! and the hash of that version (one hash: every bucket holds the same
+//! version), so no op is read back to replace it or to keep the checksums.
+//! Tombstones are found through the `tombstones` table, which is only looked
+//! at when it may hold something. Bucket summaries are kept in memory
+//! ([`super::sums`]) and written once per commit.
 
-use super::{KIND_PUT, KIND_REMOVE, StoreError, TextRow, open_connection};
+use super::sums::BucketSums;
+use super::{KIND_PUT, KIND_REMOVE, StoreError, open_connection};
 use crate::lsn::Lsn;
-use outpost_proto::v1::RowOp;
 use outpost_proto::{bucket_checksum_add, bucket_checksum_sub};
-use prost::Message;
 use rusqlite::{OptionalExtension, params};
 use std::path::Path;
 
@@ -46,6 +53,18 @@ pub struct StoreWriter {
     /// What the writes since the last [`StoreWriter::take_touched`] changed,
     /// so that only the streams holding it need to look.
     touched: Touched,
+    /// Bucket summaries including the open transaction's ops.
+    sums: BucketSums,
+    /// False only when the `tombstones` table is known to be empty: a row
+    /// entering a bucket then has no tombstone there to replace.
+    tombstones_maybe: bool,
+}
+
+/// Whether the `tombstones` table holds anything.
+fn tombstones_exist(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM tombstones)")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// The buckets and membership keys a run of store writes changed.
@@ -100,11 +119,14 @@ impl StoreWriter {
             })?,
         };
         let state = committed_state(&conn, last_op_id)?;
+        let tombstones_maybe = tombstones_exist(&conn)?;
         Ok(StoreWriter {
             conn,
             state,
             in_txn: false,
             touched: Touched::default(),
+            sums: BucketSums::default(),
+            tombstones_maybe,
         })
     }
 
@@ -123,10 +145,13 @@ impl StoreWriter {
         epoch: &str,
     ) -> Result<(), StoreError> {
         self.begin()?;
+        self.sums.clear();
         self.conn.execute_batch(
-            "DELETE FROM mirror; DELETE FROM bucket_ops; DELETE FROM buckets; DELETE FROM meta;
+            "DELETE FROM mirror; DELETE FROM bucket_ops; DELETE FROM tombstones; DELETE FROM buckets;
+             DELETE FROM meta WHERE key <> 'format';
              DELETE FROM members; DELETE FROM member_versions; DELETE FROM links;",
         )?;
+        self.tombstones_maybe = false;
         self.state = StoreState {
             epoch: epoch.to_string(),
             schema_version: schema_version.to_string(),
@@ -180,6 +205,7 @@ impl StoreWriter {
         if !self.in_txn {
             return Ok(());
         }
+        self.sums.flush(&self.conn)?;
         meta_set(
             &self.conn,
             "last_commit_lsn",
@@ -196,188 +222,161 @@ impl StoreWriter {
         Ok(())
     }
 
-    /// The mirrored row and the buckets it is in.
-    pub fn mirror_get(
-        &mut self,
-        tbl: &str,
-        key: &str,
-    ) -> Result<Option<(TextRow, Vec<String>)>, StoreError> {
-        let found: Option<(Vec<u8>, String)> = self
-            .conn
-            .prepare_cached("SELECT row, buckets FROM mirror WHERE tbl = ?1 AND key = ?2")?
-            .query_row([tbl, key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        match found {
-            None => Ok(None),
-            Some((row, buckets)) => Ok(Some((TextRow::decode(&row)?, split_buckets(&buckets)))),
-        }
-    }
-
-    pub fn mirror_put(
-        &mut self,
-        tbl: &str,
-        key: &str,
-        row: &TextRow,
-        buckets: &[String],
-    ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO mirror (tbl, key, row, buckets) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (tbl, key) DO UPDATE SET row = excluded.row, buckets = excluded.buckets",
-            )?
-            .execute(params![tbl, key, row.encode(), buckets.join("\n")])?;
-        Ok(())
-    }
-
-    pub fn mirror_delete(&mut self, tbl: &str, key: &str) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM mirror WHERE tbl = ?1 AND key = ?2")?
-            .execute([tbl, key])?;
-        Ok(())
-    }
-
-    /// Every mirrored row of a table: (key, buckets).
-    pub fn mirror_keys(&mut self, tbl: &str) -> Result<Vec<(String, Vec<String>)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT key, buckets FROM mirror WHERE tbl = ?1")?;
-        let rows = stmt.query_map([tbl], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (key, buckets) = row?;
-            out.push((key, split_buckets(&buckets)));
-        }
-        Ok(out)
-    }
-
     pub(super) fn next_op_id(&mut self) -> u64 {
         self.state.last_op_id += 1;
         self.state.last_op_id
     }
 
-    /// The previous op of a row in a bucket: (kind, hash).
-    fn previous_op(
-        &mut self,
-        bucket: &str,
-        tbl: &str,
-        key: &str,
-    ) -> Result<Option<(i64, u64)>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT kind, hash FROM bucket_ops WHERE bucket = ?1 AND tbl = ?2 AND key = ?3",
-            )?
-            .query_row([bucket, tbl, key], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
-            })
-            .optional()?)
+    /// Takes `n` consecutive op ids; returns the first.
+    pub(super) fn reserve_op_ids(&mut self, n: u64) -> u64 {
+        let first = self.state.last_op_id + 1;
+        self.state.last_op_id += n;
+        first
     }
 
-    /// Stores `op` (built with `op_id` 0: the id is assigned here and set on
-    /// the op when it is read back).
-    fn write_op(
+    /// Stores an op (encoded `RowOp` with `op_id` 0: the reader sets the id
+    /// when it reads the op back) under id `op_id`.
+    fn insert_op(
         &mut self,
         bucket: &str,
         tbl: &str,
         key: &str,
         kind: i64,
-        op: &RowOp,
-        hash: u64,
-    ) -> Result<u64, StoreError> {
-        let op_id = self.next_op_id();
+        op: &[u8],
+        op_id: u64,
+    ) -> Result<(), StoreError> {
         if !self.touched.buckets.contains(bucket) {
             self.touched.buckets.insert(bucket.to_string());
         }
-        let bytes = op.encode_to_vec();
         self.conn
             .prepare_cached(
-                "INSERT INTO bucket_ops (bucket, tbl, key, op_id, kind, op, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (bucket, tbl, key) DO UPDATE SET op_id = excluded.op_id, kind = excluded.kind,
-                    op = excluded.op, hash = excluded.hash",
+                "INSERT INTO bucket_ops (bucket, op_id, tbl, key, kind, op) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![bucket, tbl, key, op_id as i64, kind, bytes, hash as i64])?;
-        Ok(op_id)
-    }
-
-    fn adjust_bucket(
-        &mut self,
-        bucket: &str,
-        add: Option<u64>,
-        sub: Option<u64>,
-        count_delta: i64,
-        op_id: u64,
-    ) -> Result<(), StoreError> {
-        let current: Option<(i64, i64)> = self
-            .conn
-            .prepare_cached("SELECT checksum, count FROM buckets WHERE bucket = ?1")?
-            .query_row([bucket], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let (mut checksum, count) = current.map(|(c, n)| (c as u64, n)).unwrap_or((0, 0));
-        if let Some(h) = sub {
-            checksum = bucket_checksum_sub(checksum, h);
-        }
-        if let Some(h) = add {
-            checksum = bucket_checksum_add(checksum, h);
-        }
-        self.conn
-            .prepare_cached(
-                "INSERT INTO buckets (bucket, checksum, count, last_op_id, horizon) VALUES (?1, ?2, ?3, ?4, 0)
-                 ON CONFLICT (bucket) DO UPDATE SET checksum = excluded.checksum, count = excluded.count,
-                    last_op_id = excluded.last_op_id",
-            )?
-            .execute(params![bucket, checksum as i64, count + count_delta, op_id as i64])?;
+            .execute(params![bucket, op_id as i64, tbl, key, kind, op])?;
         Ok(())
     }
 
-    /// Puts a row version into a bucket (insert, or replace its previous op).
+    fn delete_op(&mut self, bucket: &str, op_id: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM bucket_ops WHERE bucket = ?1 AND op_id = ?2")?
+            .execute(params![bucket, op_id as i64])?;
+        Ok(())
+    }
+
+    /// Drops the tombstone of a row in a bucket, if it has one.
+    fn drop_tombstone(&mut self, bucket: &str, tbl: &str, key: &str) -> Result<(), StoreError> {
+        if !self.tombstones_maybe {
+            return Ok(());
+        }
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM tombstones WHERE bucket = ?1 AND tbl = ?2 AND key = ?3 RETURNING op_id",
+            )?
+            .query_row([bucket, tbl, key], |r| r.get(0))
+            .optional()?;
+        if let Some(op_id) = found {
+            self.delete_op(bucket, op_id as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Puts a row version (encoded `RowOp`, hash `hash`) into a bucket under
+    /// op id `op_id`. `replaces` is the row's PUT op in that bucket (its id
+    /// and hash) when the row is in it (the mirror lists the bucket), None
+    /// when it is not: then a tombstone it left there is replaced.
+    pub(super) fn put_op(
+        &mut self,
+        bucket: &str,
+        tbl: &str,
+        key: &str,
+        op: &[u8],
+        hash: u64,
+        replaces: Option<(u64, u64)>,
+        op_id: u64,
+    ) -> Result<(), StoreError> {
+        match replaces {
+            Some((old_id, _)) => self.delete_op(bucket, old_id)?,
+            None => self.drop_tombstone(bucket, tbl, key)?,
+        }
+        self.insert_op(bucket, tbl, key, KIND_PUT, op, op_id)?;
+        self.sums.update(&self.conn, bucket, |sum| {
+            match replaces {
+                Some((_, old)) => sum.checksum = bucket_checksum_sub(sum.checksum, old),
+                None => sum.count += 1,
+            }
+            sum.checksum = bucket_checksum_add(sum.checksum, hash);
+            sum.last_op_id = sum.last_op_id.max(op_id);
+        })
+    }
+
+    /// As [`StoreWriter::put_op`], under a new op id, which it returns.
     pub fn bucket_put(
         &mut self,
         bucket: &str,
         tbl: &str,
         key: &str,
-        op: &RowOp,
+        op: &[u8],
         hash: u64,
-    ) -> Result<(), StoreError> {
-        let previous = self.previous_op(bucket, tbl, key)?;
-        let (sub, delta) = match previous {
-            Some((KIND_PUT, old)) => (Some(old), 0),
-            _ => (None, 1),
-        };
-        let op_id = self.write_op(bucket, tbl, key, KIND_PUT, op, hash)?;
-        self.adjust_bucket(bucket, Some(hash), sub, delta, op_id)
+        replaces: Option<(u64, u64)>,
+    ) -> Result<u64, StoreError> {
+        let op_id = self.next_op_id();
+        self.put_op(bucket, tbl, key, op, hash, replaces, op_id)?;
+        Ok(op_id)
     }
 
-    /// Removes a row from a bucket, leaving a tombstone for resuming clients.
+    /// Removes a row from a bucket it is in (`placed`: the id and hash of its
+    /// PUT op there), leaving a tombstone (encoded `RowOp`) for resuming
+    /// clients.
     pub fn bucket_remove(
         &mut self,
         bucket: &str,
         tbl: &str,
         key: &str,
-        op: &RowOp,
+        op: &[u8],
+        placed: (u64, u64),
     ) -> Result<(), StoreError> {
-        let Some((KIND_PUT, old)) = self.previous_op(bucket, tbl, key)? else {
-            return Ok(());
-        };
-        let op_id = self.write_op(bucket, tbl, key, KIND_REMOVE, op, 0)?;
-        self.adjust_bucket(bucket, None, Some(old), -1, op_id)
+        let (put_id, hash) = placed;
+        self.delete_op(bucket, put_id)?;
+        let op_id = self.next_op_id();
+        self.insert_op(bucket, tbl, key, KIND_REMOVE, op, op_id)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO tombstones (bucket, tbl, key, op_id) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (bucket, tbl, key) DO UPDATE SET op_id = excluded.op_id",
+            )?
+            .execute(params![bucket, tbl, key, op_id as i64])?;
+        self.tombstones_maybe = true;
+        self.sums.update(&self.conn, bucket, |sum| {
+            sum.checksum = bucket_checksum_sub(sum.checksum, hash);
+            sum.count -= 1;
+            sum.last_op_id = sum.last_op_id.max(op_id);
+        })
     }
 
     /// Drops tombstones at or below `horizon` op id and records the horizon on
     /// every bucket that lost one, so older cursors get a reset.
     pub fn compact_tombstones(&mut self, horizon: u64) -> Result<usize, StoreError> {
         self.begin()?;
+        self.sums.flush(&self.conn)?;
+        let h = horizon as i64;
         self.conn
             .prepare_cached(
                 "UPDATE buckets SET horizon = ?1 WHERE bucket IN
-                 (SELECT DISTINCT bucket FROM bucket_ops WHERE kind = ?2 AND op_id <= ?1)",
+                 (SELECT DISTINCT bucket FROM tombstones WHERE op_id <= ?1)",
             )?
-            .execute(params![horizon as i64, KIND_REMOVE])?;
+            .execute([h])?;
+        self.conn
+            .prepare_cached(
+                "DELETE FROM bucket_ops WHERE (bucket, op_id) IN
+                 (SELECT bucket, op_id FROM tombstones WHERE op_id <= ?1)",
+            )?
+            .execute([h])?;
         let n = self
             .conn
-            .prepare_cached("DELETE FROM bucket_ops WHERE kind = ?1 AND op_id <= ?2")?
-            .execute(params![KIND_REMOVE, horizon as i64])?;
+            .prepare_cached("DELETE FROM tombstones WHERE op_id <= ?1")?
+            .execute([h])?;
+        self.tombstones_maybe = tombstones_exist(&self.conn)?;
         Ok(n)
     }
 
@@ -397,20 +396,14 @@ impl StoreWriter {
     /// from what is committed.
     pub fn rollback(&mut self) -> Result<(), StoreError> {
         self.touched = Touched::default();
+        self.sums.clear();
         if self.in_txn {
             self.conn.execute_batch("ROLLBACK")?;
             self.in_txn = false;
         }
         // Op ids already handed out are never reused.
         self.state = committed_state(&self.conn, self.state.last_op_id)?;
+        self.tombstones_maybe = tombstones_exist(&self.conn)?;
         Ok(())
-    }
-}
-
-fn split_buckets(s: &str) -> Vec<String> {
-    if s.is_empty() {
-        Vec::new()
-    } else {
-        s.split('\n').map(str::to_string).collect()
     }
 }

@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 
 use super::{IngestError, RowChanges};
-use crate::store::{StoreWriter, TextRow};
+use crate::store::{Placed, StoreWriter, TextRow};
 use outpost_proto::v1::row_op::Kind;
 
 /// A row version and its mirror key.
@@ -24,7 +24,7 @@ impl RowChanges {
     /// Routes a row version, reading its parents from the mirror. `out` is
     /// left sorted and deduplicated.
     pub(super) fn route(
-        &self,
+        &mut self,
         store: &mut StoreWriter,
         table: usize,
         row: &TextRow,
@@ -33,9 +33,15 @@ impl RowChanges {
         let schema = &self.schema;
         let mut parent = |t: usize, key: &str| -> Result<Option<TextRow>, IngestError> {
             let name = &schema.tables[t].client_name;
-            Ok(store.mirror_get(name, key)?.map(|(row, _)| row))
+            Ok(store.mirror_get(name, key)?.map(|m| m.row))
         };
-        schema.route_with(table, &row.as_refs(), &mut parent, out)?;
+        schema.route_memo(
+            table,
+            &row.as_refs(),
+            &mut parent,
+            &mut self.route_memo,
+            out,
+        )?;
         out.sort();
         out.dedup();
         Ok(())
@@ -158,27 +164,41 @@ impl RowChanges {
         key: &str,
     ) -> Result<(), IngestError> {
         let tbl = self.schema.tables[table].client_name.clone();
-        let Some((row, buckets)) = store.mirror_get(&tbl, key)? else {
+        let Some(old) = store.mirror_get(&tbl, key)? else {
             return Ok(());
         };
         let mut route = std::mem::take(&mut self.route_buf);
         route.clear();
-        self.route(store, table, &row, &mut route)?;
-        let left: Vec<&String> = buckets.iter().filter(|b| !route.contains(b)).collect();
-        let entered: Vec<&String> = route.iter().filter(|b| !buckets.contains(b)).collect();
-        if !left.is_empty() || !entered.is_empty() {
-            let wire = self.wire_row(table, &row)?;
-            let remove = self.op(table, Kind::Remove, wire.key.clone(), Vec::new());
-            for b in left {
-                store.bucket_remove(b, &tbl, key, &remove)?;
+        self.route(store, table, &old.row, &mut route)?;
+        let left: Vec<&Placed> = old
+            .placed
+            .iter()
+            .filter(|p| route.binary_search(&p.bucket).is_err())
+            .collect();
+        let entered = route.iter().any(|b| old.placed_in(b).is_none());
+        if !left.is_empty() || entered {
+            let mut wire = self.wire_row(table, &old.row)?;
+            let remove = self.op(table, Kind::Remove, &mut wire.key, &mut Vec::new());
+            for p in left {
+                store.bucket_remove(&p.bucket, &tbl, key, &remove, (p.op_id, old.hash))?;
                 self.ops_written += 1;
             }
-            let put = self.op(table, Kind::Put, wire.key, wire.values);
-            for b in entered {
-                store.bucket_put(b, &tbl, key, &put, wire.hash)?;
-                self.ops_written += 1;
+            let put = self.op(table, Kind::Put, &mut wire.key, &mut wire.values);
+            let mut placed = Vec::with_capacity(route.len());
+            for b in &route {
+                let op_id = match old.placed_in(b) {
+                    Some((op_id, _)) => op_id,
+                    None => {
+                        self.ops_written += 1;
+                        store.bucket_put(b, &tbl, key, &put, wire.hash, None)?
+                    }
+                };
+                placed.push(Placed {
+                    bucket: b.clone(),
+                    op_id,
+                });
             }
-            store.mirror_put(&tbl, key, &row, &route)?;
+            store.mirror_put(&tbl, key, &old.row, &placed, wire.hash)?;
         }
         self.route_buf = route;
         Ok(())

@@ -1,0 +1,94 @@
+//! The writer's running summary of each bucket it changes (checksum, row
+//! count, last op id), kept in memory and written to the `buckets` table
+//! once per store commit instead of being read and written for every op.
+//!
+//! Invariants:
+//! - An entry, once loaded, is the bucket's summary including every op of
+//!   the open store transaction; the `buckets` table catches up when
+//!   [`BucketSums::flush`] runs, which the writer does before every commit
+//!   and before any statement that reads `buckets`.
+//! - After a rollback or a rebuild the entries are dropped ([`BucketSums::clear`]):
+//!   they would describe writes that no longer exist.
+//! - Flushing never touches a bucket's compaction horizon.
+
+use super::StoreError;
+use rusqlite::{OptionalExtension, params};
+use std::collections::HashMap;
+
+/// Entries kept across commits; past this, clean entries are dropped after a
+/// flush so that memory stays bounded however many buckets exist.
+const MAX_KEPT: usize = 65_536;
+
+/// One bucket's summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Sum {
+    pub checksum: u64,
+    pub count: i64,
+    pub last_op_id: u64,
+    /// Changed since it was loaded or last flushed.
+    dirty: bool,
+}
+
+/// The summaries of the buckets the writer has touched.
+#[derive(Default)]
+pub(super) struct BucketSums {
+    entries: HashMap<String, Sum>,
+}
+
+impl BucketSums {
+    /// Changes the summary of `bucket` with `f`, loading it from the store
+    /// on first use.
+    pub fn update(
+        &mut self,
+        conn: &rusqlite::Connection,
+        bucket: &str,
+        f: impl FnOnce(&mut Sum),
+    ) -> Result<(), StoreError> {
+        if let Some(sum) = self.entries.get_mut(bucket) {
+            f(sum);
+            sum.dirty = true;
+            return Ok(());
+        }
+        let stored: Option<(i64, i64, i64)> = conn
+            .prepare_cached("SELECT checksum, count, last_op_id FROM buckets WHERE bucket = ?1")?
+            .query_row([bucket], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let mut sum = stored.map_or_else(Sum::default, |(c, n, op)| Sum {
+            checksum: c as u64,
+            count: n,
+            last_op_id: op as u64,
+            dirty: false,
+        });
+        f(&mut sum);
+        sum.dirty = true;
+        self.entries.insert(bucket.to_string(), sum);
+        Ok(())
+    }
+
+    /// Writes every changed summary to the `buckets` table.
+    pub fn flush(&mut self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO buckets (bucket, checksum, count, last_op_id, horizon) VALUES (?1, ?2, ?3, ?4, 0)
+             ON CONFLICT (bucket) DO UPDATE SET checksum = excluded.checksum, count = excluded.count,
+                last_op_id = excluded.last_op_id",
+        )?;
+        for (bucket, sum) in self.entries.iter_mut().filter(|(_, s)| s.dirty) {
+            stmt.execute(params![
+                bucket,
+                sum.checksum as i64,
+                sum.count,
+                sum.last_op_id as i64
+            ])?;
+            sum.dirty = false;
+        }
+        if self.entries.len() > MAX_KEPT {
+            self.entries.clear();
+        }
+        Ok(())
+    }
+
+    /// Forgets every summary (after a rollback or a rebuild).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
