@@ -10,26 +10,24 @@
 //! - a mismatch rolls everything back, then drops the mismatched buckets
 //!   (rows, checksum, cursor) in a transaction of their own, so the service
 //!   sends them again from zero on the next connection;
-//! - bucket checksums are maintained incrementally from the `_outpost_rows`
-//!   hashes: a PUT subtracts the row's previous hash (if the bucket held it) and
-//!   adds the new one; a REMOVE subtracts it. Nothing else is re-read;
+//! - bucket checksums are maintained incrementally from the
+//!   `_outpost_row_refs` hashes: a PUT subtracts the row's previous hash (if
+//!   the bucket held it) and adds the new one; a REMOVE subtracts it. Nothing
+//!   else is re-read. Runs of PUTs written with one statement keep this too:
+//!   their reference insert fails as a whole (and writes nothing) if the
+//!   bucket holds any of their rows already, and they then go one by one;
 //! - data for a row with local changes updates its kept server values; before
 //!   the commit such rows are rebuilt (server values, then the pending ops), so
 //!   no reader ever sees a local change disappear and come back. A checkpoint
 //!   resolves the applied groups whose commit LSN it reached.
 
-use super::key::parse_key;
-use super::local::{shadow_gone, shadow_put};
+use super::data::release_row;
+use super::key::decode_key;
+use super::refs;
 use super::schema::TableDef;
-use super::values::Sql;
 use super::{BucketAcc, CheckpointState, Pending, Replica, WriteOutcome};
 use crate::ClientError;
-use outpost_proto::v1::{
-    BucketReset, Checkpoint, DataBatch, GroupResult, Schema, Value, row_op, value::Kind,
-};
-use outpost_proto::{bucket_checksum_add, bucket_checksum_sub, key_string, row_hash};
-use rusqlite::{Connection, OptionalExtension};
-use std::collections::HashMap;
+use outpost_proto::v1::{BucketReset, Checkpoint, GroupResult, Schema};
 
 /// How a checkpoint ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,68 +52,51 @@ pub(crate) struct BucketMismatch {
     pub(crate) count: u64,
 }
 
-/// Whether two wire values are the same value (reals compared bit for bit,
-/// so that NaN equals itself as it does in row hashes).
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (&a.kind, &b.kind) {
-        (None | Some(Kind::Null(_)), None | Some(Kind::Null(_))) => true,
-        (Some(Kind::Real(x)), Some(Kind::Real(y))) => x.to_bits() == y.to_bits(),
-        (x, y) => x == y,
-    }
-}
-
-const INSERT_ROW: &str = "INSERT INTO _outpost_rows (bucket, tbl, key, hash) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
-const SELECT_ROW: &str =
-    "SELECT hash FROM _outpost_rows WHERE bucket = ?1 AND tbl = ?2 AND key = ?3";
-const UPDATE_ROW: &str =
-    "UPDATE _outpost_rows SET hash = ?4 WHERE bucket = ?1 AND tbl = ?2 AND key = ?3";
-const DELETE_ROW: &str =
-    "DELETE FROM _outpost_rows WHERE bucket = ?1 AND tbl = ?2 AND key = ?3 RETURNING hash";
-const HELD: &str = "SELECT 1 FROM _outpost_rows WHERE tbl = ?1 AND key = ?2 LIMIT 1";
-
-/// Deletes a typed row by key unless some bucket still holds it (the server
-/// no longer gives the row to this user).
-fn release_row(
-    conn: &Connection,
-    pending: &mut Pending,
-    table: &TableDef,
-    key_str: &str,
-    key: &[Value],
-) -> Result<(), ClientError> {
-    let held = conn
-        .prepare_cached(HELD)?
-        .query_row((&table.name, key_str), |_| Ok(()))
-        .optional()?
-        .is_some();
-    if !held {
-        let mut delete = conn.prepare_cached(&table.delete_sql)?;
-        for (i, v) in key.iter().enumerate() {
-            delete.raw_bind_parameter(i + 1, Sql(v))?;
-        }
-        delete.raw_execute()?;
-        shadow_gone(conn, pending, &table.name, key_str)?;
-    }
-    Ok(())
-}
-
 impl Replica {
     /// Opens the transaction if none is open.
     pub(super) fn begin(&mut self) -> Result<(), ClientError> {
         if self.pending.is_none() {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            let shadow = self
-                .conn
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM _outpost_shadow)")?
-                .query_row([], |r| r.get(0))
-                .inspect_err(|_| {
+            let opened = self.transaction_state();
+            let shadow = match opened {
+                Ok(shadow) => shadow,
+                Err(e) => {
                     let _ = self.conn.execute_batch("ROLLBACK");
-                })?;
+                    return Err(e);
+                }
+            };
             self.pending = Some(Pending {
                 shadow,
                 ..Pending::default()
             });
         }
         Ok(())
+    }
+
+    /// Inside a fresh transaction: turns triggers on for this connection
+    /// exactly when the file has triggers besides the capture triggers (which
+    /// do nothing here), and says whether any row has local changes.
+    fn transaction_state(&mut self) -> Result<bool, ClientError> {
+        let app_triggers: bool = self
+            .conn
+            .prepare_cached(
+                r"SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger'
+                  AND name NOT LIKE '\_outpost\_%' ESCAPE '\')",
+            )?
+            .query_row([], |r| r.get(0))?;
+        if app_triggers != self.triggers {
+            self.conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+                app_triggers,
+            )?;
+            // Statements compiled before still hold (or lack) the triggers.
+            self.conn.flush_prepared_statement_cache();
+            self.triggers = app_triggers;
+        }
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM _outpost_shadow)")?
+            .query_row([], |r| r.get(0))?)
     }
 
     pub(super) fn pending_mut(&mut self) -> &mut Pending {
@@ -150,120 +131,6 @@ impl Replica {
         Ok(())
     }
 
-    /// Applies the row operations of one batch; returns how many.
-    pub(crate) fn apply_data(&mut self, batch: &DataBatch) -> Result<u64, ClientError> {
-        self.begin()?;
-        let Replica {
-            conn,
-            tables,
-            buckets,
-            pending,
-            ..
-        } = self;
-        let pending = pending.get_or_insert_with(Pending::default);
-        let bucket = batch.bucket.as_str();
-        let mut acc = buckets.get(bucket).copied().unwrap_or_default();
-        let mut insert_row = conn.prepare_cached(INSERT_ROW)?;
-        let mut upserts: HashMap<&str, rusqlite::CachedStatement<'_>> = HashMap::new();
-        let mut applied = 0u64;
-        // Apply, then record the bucket state even if an op failed midway: the
-        // caller rolls the transaction back and reloads on any error.
-        let result = (|| -> Result<(), ClientError> {
-            for op in &batch.ops {
-                let table = tables.get(&op.table).ok_or_else(|| {
-                    ClientError::Protocol(format!(
-                        "bucket {bucket:?} has a row of table {:?}, which the schema does not define",
-                        op.table
-                    ))
-                })?;
-                if op.key.len() != table.primary_key.len() {
-                    return Err(ClientError::Protocol(format!(
-                        "a row of table {:?} has {} key values, the primary key has {} columns",
-                        op.table,
-                        op.key.len(),
-                        table.primary_key.len()
-                    )));
-                }
-                let key = key_string(&op.key);
-                match row_op::Kind::try_from(op.kind) {
-                    Ok(row_op::Kind::Put) => {
-                        if op.values.len() != table.columns.len() {
-                            return Err(ClientError::Protocol(format!(
-                                "a row of table {:?} has {} values, the table has {} columns",
-                                op.table,
-                                op.values.len(),
-                                table.columns.len()
-                            )));
-                        }
-                        let key_matches = table
-                            .primary_key
-                            .iter()
-                            .zip(&op.key)
-                            .all(|(&i, k)| same_value(&op.values[i], k));
-                        if !key_matches {
-                            return Err(ClientError::Protocol(format!(
-                                "a row of table {:?} has key {key} but different primary key values",
-                                op.table
-                            )));
-                        }
-                        let upsert = match upserts.entry(table.name.as_str()) {
-                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                            std::collections::hash_map::Entry::Vacant(e) => {
-                                e.insert(conn.prepare_cached(&table.upsert_sql)?)
-                            }
-                        };
-                        for (i, v) in op.values.iter().enumerate() {
-                            upsert.raw_bind_parameter(i + 1, Sql(v))?;
-                        }
-                        upsert.raw_execute()?;
-                        let hash = row_hash(&op.table, &op.key, &op.values);
-                        let inserted =
-                            insert_row.execute((bucket, &op.table, &key, hash as i64))?;
-                        if inserted == 1 {
-                            acc.count += 1;
-                        } else {
-                            let old: i64 = conn
-                                .prepare_cached(SELECT_ROW)?
-                                .query_row((bucket, &op.table, &key), |r| r.get(0))?;
-                            acc.checksum = bucket_checksum_sub(acc.checksum, old as u64);
-                            conn.prepare_cached(UPDATE_ROW)?.execute((
-                                bucket,
-                                &op.table,
-                                &key,
-                                hash as i64,
-                            ))?;
-                        }
-                        acc.checksum = bucket_checksum_add(acc.checksum, hash);
-                        shadow_put(conn, pending, table, &key, &op.values)?;
-                    }
-                    Ok(row_op::Kind::Remove) => {
-                        let old: Option<i64> = conn
-                            .prepare_cached(DELETE_ROW)?
-                            .query_row((bucket, &op.table, &key), |r| r.get(0))
-                            .optional()?;
-                        if let Some(old) = old {
-                            acc.checksum = bucket_checksum_sub(acc.checksum, old as u64);
-                            acc.count = acc.count.saturating_sub(1);
-                            release_row(conn, pending, table, &key, &op.key)?;
-                        }
-                    }
-                    _ => {
-                        return Err(ClientError::Protocol(format!(
-                            "a row of table {:?} has unknown operation kind {}",
-                            op.table, op.kind
-                        )));
-                    }
-                }
-                applied += 1;
-            }
-            Ok(())
-        })();
-        buckets.insert(bucket.to_string(), acc);
-        pending.dirty.insert(bucket.to_string());
-        pending.rows += applied;
-        result.map(|()| applied)
-    }
-
     /// Drops everything held for a bucket.
     pub(crate) fn apply_reset(&mut self, reset: &BucketReset) -> Result<(), ClientError> {
         self.begin()?;
@@ -273,30 +140,43 @@ impl Replica {
     /// Removes a bucket's rows (and the typed rows no other bucket holds), its
     /// checksum and its cursor, inside the open transaction.
     fn drop_bucket(&mut self, bucket: &str) -> Result<(), ClientError> {
-        let removed: Vec<(String, String)> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("DELETE FROM _outpost_rows WHERE bucket = ?1 RETURNING tbl, key")?;
-            let rows = stmt.query_map([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
+        let removed: Vec<(i64, Vec<u8>)> = match self.ids.bucket(bucket) {
+            None => Vec::new(),
+            Some(id) => {
+                let mut stmt = self.conn.prepare_cached(refs::DROP_BUCKET)?;
+                let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            }
         };
-        for (tbl, key_str) in &removed {
-            let Some(table) = self.tables.get(tbl) else {
-                tracing::warn!(table = %tbl, "the replica holds rows of a table it has no definition for");
+        for (tbl_id, key_bytes) in &removed {
+            let table = self
+                .ids
+                .table_name(*tbl_id)
+                .and_then(|name| self.tables.get(name));
+            let Some(table) = table else {
+                tracing::warn!(
+                    table = tbl_id,
+                    "the replica holds rows of a table it has no definition for"
+                );
                 continue;
             };
-            let key = parse_key(key_str).ok_or_else(|| {
+            let key = decode_key(key_bytes).ok_or_else(|| {
                 ClientError::CorruptReplica(format!(
-                    "_outpost_rows holds an unreadable key {key_str:?} for table {tbl:?}"
+                    "_outpost_row_refs holds an unreadable key {key_bytes:?} for table {:?}",
+                    table.name
                 ))
             })?;
             let pending = self.pending.get_or_insert_with(Pending::default);
-            release_row(&self.conn, pending, table, key_str, &key)?;
+            release_row(
+                &self.conn, &self.ids, pending, table, *tbl_id, key_bytes, &key,
+            )?;
         }
+        self.ids.forget_bucket(&self.conn, bucket)?;
         self.buckets.remove(bucket);
         let pending = self.pending_mut();
         pending.dirty.remove(bucket);
         pending.dropped.insert(bucket.to_string());
+        pending.no_bulk.remove(bucket);
         tracing::debug!(bucket, rows = removed.len(), "dropped bucket");
         Ok(())
     }

@@ -4,7 +4,8 @@
 //! ```text
 //! _outpost_state   key/value: client_id, epoch, op_id, lsn, schema_version
 //! _outpost_buckets bucket → op_id (cursor), checksum, count
-//! _outpost_rows    (bucket, tbl, key) → hash     which bucket holds which row
+//! _outpost_row_refs (bucket id, table id, key) → hash   which bucket holds
+//!                  which row (see [`refs`]; `_outpost_rows` shows it by name)
 //! _outpost_tables  name → definition (JSON)      the synced tables
 //! _outpost_outbox  local changes not yet answered by the service (one op
 //!                  group per local transaction: txid; seq = its first id)
@@ -24,14 +25,17 @@
 //!   at a checkpoint whose checksums all match, so another connection reading
 //!   the file only ever sees states that Postgres had;
 //! - for every bucket, `_outpost_buckets.checksum` is the wrapping sum of the
-//!   `hash` of its `_outpost_rows`, and `count` their number;
+//!   `hash` of its `_outpost_row_refs`, and `count` their number;
 //! - a row is in its typed table exactly while at least one bucket holds it;
 //! - dropping a `Replica` with data pending rolls that data back (SQLite does
 //!   this when the connection closes inside a transaction);
 //! - a row has a `_outpost_shadow` entry exactly while it has pending ops, and
 //!   the entry follows what the buckets hold for it;
 //! - the replica's own connection registers `outpost_capture()` as 0: nothing
-//!   it writes is captured as a local change.
+//!   it writes is captured as a local change. As the capture triggers do
+//!   nothing on it, each of its transactions runs with triggers off unless
+//!   the file has triggers of its own (named without the reserved `_outpost_`
+//!   prefix), which then fire for the data the replica writes as before.
 //!
 //! Values are stored as they arrive; SQLite stores a REAL NaN as NULL, which
 //! does not affect checksums because they are computed from the values on the
@@ -39,18 +43,25 @@
 
 mod apply;
 mod capture;
+mod data;
 mod key;
 mod local;
 mod outbox;
+mod refs;
+#[cfg(test)]
+mod refs_tests;
 mod schema;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod throughput;
 mod values;
 #[cfg(test)]
 mod write_tests;
 
 pub(crate) use apply::CheckpointOutcome;
 pub(crate) use capture::register as register_functions;
+pub(crate) use data::PreparedBatch;
 pub use outbox::{PendingGroup, Rejection, WriteStatus};
 pub(crate) use outbox::{UploadLimits, WriteOutcome};
 
@@ -62,7 +73,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The replica's own tables.
+/// The replica's own tables (with those of [`refs`]).
 const INTERNAL_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS _outpost_state (
     key TEXT PRIMARY KEY,
@@ -74,14 +85,6 @@ CREATE TABLE IF NOT EXISTS _outpost_buckets (
     checksum INTEGER NOT NULL,
     count INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS _outpost_rows (
-    bucket TEXT NOT NULL,
-    tbl TEXT NOT NULL,
-    key TEXT NOT NULL,
-    hash INTEGER NOT NULL,
-    PRIMARY KEY (bucket, tbl, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS _outpost_rows_by_row ON _outpost_rows (tbl, key);
 CREATE TABLE IF NOT EXISTS _outpost_tables (
     name TEXT PRIMARY KEY,
     definition TEXT NOT NULL
@@ -194,6 +197,9 @@ pub(crate) struct Pending {
     /// Rows with local changes whose server values or pending ops changed:
     /// rebuilt before the commit.
     touched: BTreeSet<(String, String)>,
+    /// Buckets that held some of the rows of a run of PUTs: their rows are
+    /// written one by one until the commit.
+    no_bulk: HashSet<String>,
 }
 
 /// A replica file, opened for syncing or for reading.
@@ -206,6 +212,10 @@ pub struct Replica {
     tables: HashMap<String, TableDef>,
     /// Every bucket's state including pending changes; reloaded on rollback.
     buckets: HashMap<String, BucketAcc>,
+    /// Bucket and table ids of `_outpost_row_refs`; reloaded on rollback.
+    ids: refs::Ids,
+    /// Whether this connection currently compiles triggers.
+    triggers: bool,
     /// `Some` while a transaction is open.
     pending: Option<Pending>,
 }
@@ -241,26 +251,30 @@ pub(crate) fn open_file(
     )?;
     conn.set_prepared_statement_cache_capacity(256);
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let created = conn.execute_batch(INTERNAL_TABLES).and_then(|()| {
-        let id: Option<String> = conn
-            .query_row(
-                "SELECT value FROM _outpost_state WHERE key = 'client_id'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match id {
-            Some(id) => Ok(id),
-            None => {
-                let id = format!("{:032x}", rand::random::<u128>());
-                conn.execute(
-                    "INSERT INTO _outpost_state (key, value) VALUES ('client_id', ?1)",
-                    [&id],
-                )?;
-                Ok(id)
+    let created = conn
+        .execute_batch(INTERNAL_TABLES)
+        .map_err(ClientError::from)
+        .and_then(|()| refs::ensure(&conn))
+        .and_then(|()| {
+            let id: Option<String> = conn
+                .query_row(
+                    "SELECT value FROM _outpost_state WHERE key = 'client_id'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match id {
+                Some(id) => Ok(id),
+                None => {
+                    let id = format!("{:032x}", rand::random::<u128>());
+                    conn.execute(
+                        "INSERT INTO _outpost_state (key, value) VALUES ('client_id', ?1)",
+                        [&id],
+                    )?;
+                    Ok(id)
+                }
             }
-        }
-    });
+        });
     let client_id = match created {
         Ok(id) => {
             conn.execute_batch("COMMIT")?;
@@ -268,7 +282,7 @@ pub(crate) fn open_file(
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
-            return Err(e.into());
+            return Err(e);
         }
     };
     Ok((conn, client_id))
@@ -291,6 +305,8 @@ impl Replica {
             client_id,
             tables: HashMap::new(),
             buckets: HashMap::new(),
+            ids: refs::Ids::default(),
+            triggers: true,
             pending: None,
         };
         replica.reload()?;
@@ -314,7 +330,7 @@ impl Replica {
         // Statements on synced tables compile their triggers, which call these.
         capture::register(&mut conn, false)?;
         let tables: i64 = conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN
+            "SELECT count(*) FROM sqlite_master WHERE type IN ('table', 'view') AND name IN
              ('_outpost_state', '_outpost_buckets', '_outpost_rows', '_outpost_tables')",
             [],
             |r| r.get(0),
@@ -339,6 +355,8 @@ impl Replica {
             client_id,
             tables: HashMap::new(),
             buckets: HashMap::new(),
+            ids: refs::Ids::default(),
+            triggers: true,
             pending: None,
         };
         replica.reload()?;
@@ -487,6 +505,7 @@ impl Replica {
             ))
         })?;
         self.buckets = rows.collect::<Result<_, _>>()?;
+        self.ids = refs::Ids::load(&self.conn)?;
         Ok(())
     }
 }

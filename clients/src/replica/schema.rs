@@ -60,7 +60,18 @@ pub(crate) struct TableDef {
     pub(crate) upsert_sql: String,
     /// `DELETE … WHERE pk = …`, parameters are the key values in key order.
     pub(crate) delete_sql: String,
+    /// Rows written at once by `upsert_many_sql` and `refs_many_sql`.
+    pub(crate) bulk_rows: usize,
+    /// The upsert of `bulk_rows` rows: parameters are their columns, row by row.
+    pub(crate) upsert_many_sql: String,
+    /// The insert of the references of `bulk_rows` rows (see
+    /// [`super::refs::insert_many_sql`]).
+    pub(crate) refs_many_sql: String,
 }
+
+/// Rows per multi-row statement; fewer for very wide tables, so that a
+/// statement stays under SQLite's default limit of 32766 parameters.
+const BULK_ROWS: usize = 32;
 
 /// Quotes an SQLite identifier.
 pub(crate) fn quote_ident(name: &str) -> String {
@@ -131,13 +142,18 @@ impl TableDef {
                 return Err(bad(format!("invalid primary key column index {i}")));
             }
         }
-        let (upsert_sql, delete_sql) = statements(&name, &columns, &primary_key);
+        let bulk_rows = BULK_ROWS.min(32_000 / columns.len()).max(1);
+        let (upsert_sql, delete_sql) = statements(&name, &columns, &primary_key, 1);
+        let (upsert_many_sql, _) = statements(&name, &columns, &primary_key, bulk_rows);
         Ok(TableDef {
             name,
             columns,
             primary_key,
             upsert_sql,
             delete_sql,
+            bulk_rows,
+            upsert_many_sql,
+            refs_many_sql: super::refs::insert_many_sql(bulk_rows),
         })
     }
 
@@ -235,11 +251,23 @@ impl TableDef {
     }
 }
 
-/// Builds the upsert and delete statements of a table.
-fn statements(name: &str, columns: &[ColumnDef], primary_key: &[usize]) -> (String, String) {
+/// Builds the upsert (of `rows` rows) and delete statements of a table.
+fn statements(
+    name: &str,
+    columns: &[ColumnDef],
+    primary_key: &[usize],
+    rows: usize,
+) -> (String, String) {
     let table = quote_ident(name);
     let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let params: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=columns.len())
+                .map(|i| format!("?{}", r * columns.len() + i))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
     let pk: Vec<String> = primary_key.iter().map(|&i| names[i].clone()).collect();
     let updates: Vec<String> = names
         .iter()
@@ -253,9 +281,9 @@ fn statements(name: &str, columns: &[ColumnDef], primary_key: &[usize]) -> (Stri
         format!("DO UPDATE SET {}", updates.join(", "))
     };
     let upsert = format!(
-        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) {conflict}",
+        "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({}) {conflict}",
         names.join(", "),
-        params.join(", "),
+        values.join(", "),
         pk.join(", ")
     );
     let conditions: Vec<String> = pk

@@ -9,23 +9,23 @@ use outpost_proto::v1::{
 };
 use outpost_proto::{bucket_checksum_add, row_hash};
 
-fn int(i: i64) -> Value {
+pub(super) fn int(i: i64) -> Value {
     Value {
         kind: Some(Kind::Integer(i)),
     }
 }
-fn text(s: &str) -> Value {
+pub(super) fn text(s: &str) -> Value {
     Value {
         kind: Some(Kind::Text(s.into())),
     }
 }
-fn null() -> Value {
+pub(super) fn null() -> Value {
     Value {
         kind: Some(Kind::Null(true)),
     }
 }
 
-fn schema(version: &str, extra_column: bool) -> Schema {
+pub(super) fn schema(version: &str, extra_column: bool) -> Schema {
     let col = |name: &str, ty: &str| ColumnSchema {
         name: name.into(),
         pg_type: String::new(),
@@ -47,7 +47,7 @@ fn schema(version: &str, extra_column: bool) -> Schema {
     }
 }
 
-fn put(id: i64, title: &str) -> RowOp {
+pub(super) fn put(id: i64, title: &str) -> RowOp {
     RowOp {
         op_id: 0,
         kind: row_op::Kind::Put as i32,
@@ -56,7 +56,7 @@ fn put(id: i64, title: &str) -> RowOp {
         values: vec![int(id), text(title)],
     }
 }
-fn remove(id: i64) -> RowOp {
+pub(super) fn remove(id: i64) -> RowOp {
     RowOp {
         op_id: 0,
         kind: row_op::Kind::Remove as i32,
@@ -65,7 +65,7 @@ fn remove(id: i64) -> RowOp {
         values: vec![],
     }
 }
-fn batch(bucket: &str, ops: Vec<RowOp>) -> DataBatch {
+pub(super) fn batch(bucket: &str, ops: Vec<RowOp>) -> DataBatch {
     DataBatch {
         bucket: bucket.into(),
         ops,
@@ -73,7 +73,7 @@ fn batch(bucket: &str, ops: Vec<RowOp>) -> DataBatch {
 }
 
 /// The checksum a bucket holding these (id, title) rows must have.
-fn expected(bucket: &str, rows: &[(i64, &str)]) -> BucketChecksum {
+pub(super) fn expected(bucket: &str, rows: &[(i64, &str)]) -> BucketChecksum {
     let checksum = rows.iter().fold(0, |acc, (id, title)| {
         bucket_checksum_add(
             acc,
@@ -87,7 +87,7 @@ fn expected(bucket: &str, rows: &[(i64, &str)]) -> BucketChecksum {
     }
 }
 
-fn checkpoint(op_id: u64, buckets: Vec<BucketChecksum>) -> Checkpoint {
+pub(super) fn checkpoint(op_id: u64, buckets: Vec<BucketChecksum>) -> Checkpoint {
     Checkpoint {
         op_id,
         lsn: op_id * 10,
@@ -96,7 +96,7 @@ fn checkpoint(op_id: u64, buckets: Vec<BucketChecksum>) -> Checkpoint {
     }
 }
 
-fn titles(replica: &Replica) -> Vec<(i64, String)> {
+pub(super) fn titles(replica: &Replica) -> Vec<(i64, String)> {
     let mut stmt = replica
         .connection()
         .prepare("SELECT id, title FROM todos ORDER BY id")
@@ -107,14 +107,14 @@ fn titles(replica: &Replica) -> Vec<(i64, String)> {
         .expect("rows")
 }
 
-fn applied(outcome: CheckpointOutcome) -> u64 {
+pub(super) fn applied(outcome: CheckpointOutcome) -> u64 {
     match outcome {
         CheckpointOutcome::Applied { rows, .. } => rows,
         other => panic!("expected the checkpoint to apply, got {other:?}"),
     }
 }
 
-fn open() -> (tempfile::TempDir, Replica) {
+pub(super) fn open() -> (tempfile::TempDir, Replica) {
     let dir = tempfile::tempdir().expect("tempdir");
     let replica = Replica::open(&dir.path().join("replica.db")).expect("open");
     (dir, replica)
@@ -124,9 +124,9 @@ fn open() -> (tempfile::TempDir, Replica) {
 fn rows_are_reference_counted_across_buckets() {
     let (_dir, mut r) = open();
     r.apply_schema(&schema("v1", false)).expect("schema");
-    r.apply_data(&batch("a", vec![put(1, "one"), put(2, "two")]))
+    r.apply_batch(&batch("a", vec![put(1, "one"), put(2, "two")]))
         .expect("data a");
-    r.apply_data(&batch("b", vec![put(2, "two")]))
+    r.apply_batch(&batch("b", vec![put(2, "two")]))
         .expect("data b");
     let cp = checkpoint(
         5,
@@ -139,7 +139,7 @@ fn rows_are_reference_counted_across_buckets() {
     assert_eq!(titles(&r).len(), 2);
 
     // Row 2 leaves bucket a but b still holds it.
-    r.apply_data(&batch("a", vec![remove(2)]))
+    r.apply_batch(&batch("a", vec![remove(2)]))
         .expect("remove a");
     let cp = checkpoint(
         6,
@@ -149,12 +149,12 @@ fn rows_are_reference_counted_across_buckets() {
     assert_eq!(titles(&r), vec![(1, "one".into()), (2, "two".into())]);
 
     // An update through b, then b removes it: the row is gone.
-    r.apply_data(&batch("b", vec![put(2, "deux")]))
+    r.apply_batch(&batch("b", vec![put(2, "deux")]))
         .expect("update");
     let cp = checkpoint(7, vec![expected("b", &[(2, "deux")])]);
     applied(r.apply_checkpoint(&cp).expect("checkpoint"));
     assert_eq!(titles(&r)[1], (2, "deux".into()));
-    r.apply_data(&batch("b", vec![remove(2), remove(99)]))
+    r.apply_batch(&batch("b", vec![remove(2), remove(99)]))
         .expect("remove b");
     let cp = checkpoint(8, vec![expected("b", &[])]);
     applied(r.apply_checkpoint(&cp).expect("checkpoint"));
@@ -178,16 +178,17 @@ fn rows_are_reference_counted_across_buckets() {
 fn checksum_mismatch_rolls_back_and_drops_the_bucket() {
     let (_dir, mut r) = open();
     r.apply_schema(&schema("v1", false)).expect("schema");
-    r.apply_data(&batch("a", vec![put(1, "one")])).expect("a");
-    r.apply_data(&batch("c", vec![put(3, "three")])).expect("c");
+    r.apply_batch(&batch("a", vec![put(1, "one")])).expect("a");
+    r.apply_batch(&batch("c", vec![put(3, "three")]))
+        .expect("c");
     let cp = checkpoint(
         5,
         vec![expected("a", &[(1, "one")]), expected("c", &[(3, "three")])],
     );
     applied(r.apply_checkpoint(&cp).expect("checkpoint"));
 
-    r.apply_data(&batch("a", vec![put(2, "two")])).expect("a2");
-    r.apply_data(&batch("b", vec![put(4, "four")])).expect("b");
+    r.apply_batch(&batch("a", vec![put(2, "two")])).expect("a2");
+    r.apply_batch(&batch("b", vec![put(4, "four")])).expect("b");
     let mut wrong = expected("a", &[(1, "one"), (2, "two")]);
     wrong.checksum ^= 1;
     let cp = checkpoint(6, vec![wrong, expected("b", &[(4, "four")])]);
@@ -214,9 +215,9 @@ fn checksum_mismatch_rolls_back_and_drops_the_bucket() {
 fn reset_drops_one_bucket_only() {
     let (_dir, mut r) = open();
     r.apply_schema(&schema("v1", false)).expect("schema");
-    r.apply_data(&batch("a", vec![put(1, "one"), put(2, "two")]))
+    r.apply_batch(&batch("a", vec![put(1, "one"), put(2, "two")]))
         .expect("a");
-    r.apply_data(&batch("b", vec![put(2, "two"), put(3, "three")]))
+    r.apply_batch(&batch("b", vec![put(2, "two"), put(3, "three")]))
         .expect("b");
     let cp = checkpoint(
         5,
@@ -254,7 +255,7 @@ fn reset_drops_one_bucket_only() {
 fn schema_change_adds_a_column() {
     let (dir, mut r) = open();
     r.apply_schema(&schema("v1", false)).expect("schema");
-    r.apply_data(&batch("a", vec![put(1, "one")])).expect("a");
+    r.apply_batch(&batch("a", vec![put(1, "one")])).expect("a");
     applied(
         r.apply_checkpoint(&checkpoint(5, vec![expected("a", &[(1, "one")])]))
             .expect("checkpoint"),
@@ -265,7 +266,7 @@ fn schema_change_adds_a_column() {
     r.apply_schema(&schema("v2", true)).expect("schema v2");
     let mut op = put(2, "two");
     op.values.push(int(1));
-    r.apply_data(&batch("b", vec![op])).expect("b");
+    r.apply_batch(&batch("b", vec![op])).expect("b");
     let b = BucketChecksum {
         bucket: "b".into(),
         checksum: row_hash("todos", &[int(2)], &[int(2), text("two"), int(1)]),
@@ -288,7 +289,7 @@ fn schema_change_adds_a_column() {
 
     // A PUT with the old column count is refused.
     let err = r
-        .apply_data(&batch("b", vec![put(3, "three")]))
+        .apply_batch(&batch("b", vec![put(3, "three")]))
         .expect_err("too few values");
     assert!(matches!(err, ClientError::Protocol(_)), "{err}");
 }
@@ -306,7 +307,7 @@ fn readers_see_nothing_until_the_checkpoint_commits() {
         c.query_row("SELECT count(*) FROM todos", [], |row| row.get(0))
             .expect("count")
     };
-    r.apply_data(&batch("a", vec![put(1, "one"), put(2, "two")]))
+    r.apply_batch(&batch("a", vec![put(1, "one"), put(2, "two")]))
         .expect("a");
     assert_eq!(count(&reader), 0);
     let cursor: i64 = reader
@@ -334,7 +335,7 @@ fn dropping_the_replica_rolls_back_pending_data() {
             .expect("checkpoint"),
     );
     let client_id = r.client_id().to_string();
-    r.apply_data(&batch("a", vec![put(1, "one")])).expect("a");
+    r.apply_batch(&batch("a", vec![put(1, "one")])).expect("a");
     drop(r);
     let r = Replica::open(&dir.path().join("replica.db")).expect("reopen");
     assert_eq!(r.client_id(), client_id);
@@ -360,14 +361,14 @@ fn invalid_rows_are_protocol_errors() {
     let mut key_differs = put(1, "x");
     key_differs.key = vec![int(2)];
     for op in [unknown, bad_key, bad_kind, key_differs] {
-        let err = r.apply_data(&batch("a", vec![op])).expect_err("invalid");
+        let err = r.apply_batch(&batch("a", vec![op])).expect_err("invalid");
         assert!(matches!(err, ClientError::Protocol(_)), "{err}");
         r.rollback().expect("rollback");
     }
     // A NULL title is a value like any other.
     let mut op = put(1, "x");
     op.values[1] = null();
-    r.apply_data(&batch("a", vec![op])).expect("null value");
+    r.apply_batch(&batch("a", vec![op])).expect("null value");
 }
 
 #[test]
@@ -423,7 +424,7 @@ fn large_initial_sync() {
         for op in &ops {
             checksum = bucket_checksum_add(checksum, row_hash("todos", &op.key, &op.values));
         }
-        r.apply_data(&batch("all", ops)).expect("data");
+        r.apply_batch(&batch("all", ops)).expect("data");
     }
     let applied_at = start.elapsed();
     let cp = checkpoint(

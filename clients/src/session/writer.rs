@@ -15,7 +15,7 @@
 //!   checkpoint's data travel with its `Checkpoint` command and commit with it.
 
 use crate::ClientError;
-use crate::replica::{CheckpointOutcome, Replica, UploadLimits, WriteOutcome};
+use crate::replica::{CheckpointOutcome, PreparedBatch, Replica, UploadLimits, WriteOutcome};
 use outpost_proto::v1::{
     BucketCursor, BucketReset, Checkpoint, DataBatch, GroupResult, OpGroup, Schema,
 };
@@ -46,7 +46,7 @@ pub(crate) struct RequestState {
 
 enum Command {
     Schema(Schema),
-    Data(DataBatch),
+    Data(PreparedBatch),
     Reset(BucketReset),
     /// A checkpoint, with the answers to uploaded groups to record with it.
     Checkpoint(
@@ -104,8 +104,10 @@ impl Writer {
         self.send(Command::Schema(schema)).await
     }
 
+    /// Queues a batch, computing its keys and row hashes on the calling
+    /// thread (so the replica thread only writes).
     pub(crate) async fn data(&self, batch: DataBatch) -> Result<(), ClientError> {
-        self.send(Command::Data(batch)).await
+        self.send(Command::Data(PreparedBatch::new(batch))).await
     }
 
     pub(crate) async fn reset(&self, reset: BucketReset) -> Result<(), ClientError> {

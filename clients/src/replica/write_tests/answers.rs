@@ -167,7 +167,7 @@ fn local_rows_survive_removal_and_deletes_survive_puts() {
     // pending local change: the change goes with it.
     db.execute("UPDATE todos SET title = 'x' WHERE id = 1", [])
         .expect("update");
-    r.apply_data(&DataBatch {
+    r.apply_batch(&DataBatch {
         bucket: "all".into(),
         ops: vec![RowOp {
             op_id: 0,
@@ -202,7 +202,7 @@ fn an_answer_recorded_with_its_checkpoint_never_doubles_a_counter() {
     let seq = r.outbox_groups(ALL).expect("groups")[0].seq;
     // The checkpoint that holds the group arrives with its answer.
     let done = (1, "one", 0, 8);
-    r.apply_data(&DataBatch {
+    r.apply_batch(&DataBatch {
         bucket: "all".into(),
         ops: vec![put(&done)],
     })

@@ -65,7 +65,7 @@ fn put(r: &Row) -> RowOp {
 
 /// Applies `rows` as the whole content of bucket `all`, closed by a checkpoint at `lsn`.
 fn server_state(r: &mut Replica, lsn: u64, changed: &[Row], all: &[Row]) {
-    r.apply_data(&DataBatch {
+    r.apply_batch(&DataBatch {
         bucket: "all".into(),
         ops: changed.iter().map(put).collect(),
     })
