@@ -56,8 +56,9 @@ pub enum ServiceError {
     Writes(#[from] WriteError),
 }
 
-/// Postgres connections applying client writes at once.
-const WRITE_CONNECTIONS: usize = 4;
+/// Postgres connections applying client writes at once: each waits on a
+/// round trip most of the time, so more than the cores of a small server.
+const WRITE_CONNECTIONS: usize = 8;
 
 /// Loads the schema files and compiles them against the live catalog: what
 /// `outpost check` runs, and the first step of `outpost serve`.
