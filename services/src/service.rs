@@ -56,8 +56,9 @@ pub enum ServiceError {
     Writes(#[from] WriteError),
 }
 
-/// Postgres connections applying client writes at once.
-const WRITE_CONNECTIONS: usize = 4;
+/// Postgres connections applying client writes at once: each waits on a
+/// round trip most of the time, so more than the cores of a small server.
+const WRITE_CONNECTIONS: usize = 8;
 /// How often a stream whose data did not change is told how far the store
 /// has read the WAL.
 const IDLE_LSN_EVERY: Duration = Duration::from_secs(1);

@@ -1,15 +1,16 @@
 //! Applying one op group: one Postgres transaction, all or nothing (the
-//! ops themselves: `op`).
+//! ops themselves: `op`; statements sharing round trips: `pipeline`).
 //!
 //! ```text
-//! BEGIN
-//!   claim (client_id, seq) in outpost.applied_groups ── taken before? ─▶ ROLLBACK, DUPLICATE
-//!   per op: lock the row (SELECT … FOR UPDATE)
-//!           → what the op does to it (insert / update / delete / nothing)
+//! BEGIN, claim (client_id, seq) in outpost.applied_groups,    ─┐ one round trip
+//!   first op: lock the row (SELECT … FOR UPDATE), its versions ─┘
+//!   per op: → what the op does to it (insert / update / delete / nothing)
 //!           → stale check → table function → merge and write (RETURNING the row)
-//!           → permission on (old row, new row) → column versions
-//! COMMIT ─▶ APPLIED with pg_current_wal_lsn()      any definite error ─▶ ROLLBACK,
-//!                                                   record the rejection, REJECTED
+//!           → permission on (old row, new row) → column versions (deferred:
+//!             sent with the next op's lock, or with the COMMIT)
+//! claim found the group taken before? ─▶ ROLLBACK, DUPLICATE
+//! column versions, COMMIT, pg_current_wal_lsn() ─▶ APPLIED     one round trip
+//! any definite error ─▶ ROLLBACK, record the rejection, REJECTED
 //! ```
 //!
 //! Invariants: the ledger row and the group's changes commit together, so a
@@ -17,18 +18,26 @@
 //! touches is locked before it is read, so merges see the latest committed
 //! value; the permission is checked on the row as it is written (after the
 //! function and the merge rules), like a Postgres `WITH CHECK` policy, and a
-//! delete on the row it removes.
+//! delete on the row it removes; a group is answered APPLIED only after the
+//! answer of every one of its statements was read. Nothing is written after
+//! the COMMIT: the commit LSN answered is the WAL end read right after it,
+//! and a duplicate is answered with the WAL end at its own time (both upper
+//! bounds of the commit's LSN).
 
 use std::time::Duration;
 
+use futures::future::join;
 use outpost_proto::v1::group_result::Status;
 use outpost_proto::v1::{GroupResult, OpGroup};
+use tokio_postgres::Statement;
 
 use super::ledger::{self, Recorded};
+use super::pipeline::Pipeline;
 use super::pool::Conn;
 use super::reject::{GroupError, Rejection, Stage, classify, reason};
 use super::{Applier, WriteError};
 use crate::auth::Claims;
+use crate::lsn::Lsn;
 
 /// Runs of a group that hit serialization failures or deadlocks, at most.
 const MAX_ATTEMPTS: u32 = 5;
@@ -63,33 +72,16 @@ impl Applier {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            conn.begin().await.map_err(WriteError::Postgres)?;
-            let outcome = match self.run_group(conn, cx, group, seq).await {
-                Ok(true) => conn
-                    .commit()
-                    .await
-                    .map(|()| true)
-                    .map_err(|e| classify(e, Stage::Write, 0)),
-                other => other,
-            };
-            match outcome {
-                Ok(true) => {
-                    let lsn = ledger::current_wal_lsn(conn)
-                        .await
-                        .map_err(WriteError::Postgres)?;
-                    if let Err(e) = ledger::store_commit_lsn(conn, cx.client_id, seq, lsn).await {
-                        tracing::warn!(error = %e, "could not record a group's commit LSN");
-                    }
+            match self.run_group(conn, cx, group, seq).await {
+                Ok(lsn) => {
                     return Ok(GroupResult {
                         commit_lsn: lsn.0,
                         ..result(group.seq, Status::Applied)
                     });
                 }
-                Ok(false) => {
-                    let recorded = ledger::lookup(conn, cx.client_id, seq).await;
+                Err(GroupError::Recorded) => {
                     conn.rollback().await.map_err(WriteError::Postgres)?;
-                    let recorded = recorded.map_err(WriteError::Postgres)?;
-                    return self.duplicate(conn, group.seq, recorded).await;
+                    return self.duplicate(conn, cx.client_id, group.seq, seq).await;
                 }
                 Err(GroupError::Rejected(rejection)) => {
                     conn.rollback().await.map_err(WriteError::Postgres)?;
@@ -121,34 +113,60 @@ impl Applier {
         }
     }
 
-    /// The group's ops inside the open transaction. `false`: recorded
-    /// before, nothing done.
+    /// One run of the group, in one transaction: BEGIN and the claim go out
+    /// with the first op's first statements, and the last op's deferred
+    /// writes with the COMMIT and the read of the WAL end. Returns that
+    /// WAL end; on an error, the transaction may still be open.
     async fn run_group(
         &self,
         conn: &mut Conn,
         cx: &RequestCx<'_>,
         group: &OpGroup,
         seq: i64,
-    ) -> Result<bool, GroupError> {
-        let claimed = ledger::claim(conn, cx.client_id, seq)
-            .await
-            .map_err(|e| classify(e, Stage::Write, 0))?;
-        if !claimed {
-            return Ok(false);
-        }
+    ) -> Result<Lsn, GroupError> {
+        let pg = |e| classify(e, Stage::Write, 0);
+        let claim = conn.prepare(ledger::CLAIM).await.map_err(pg)?;
+        let wal_end = conn.prepare(ledger::CURRENT_WAL_LSN).await.map_err(pg)?;
+        let mut pipeline = Pipeline::new(claim, cx.client_id, seq);
         for (i, op) in group.ops.iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
-            self.apply_op(conn, cx, index, op).await?;
+            if let Err(e) = self.apply_op(conn, cx, index, op, &mut pipeline).await {
+                if let GroupError::Rejected(_) = e {
+                    // The claim (a group recorded before is a duplicate
+                    // whatever its ops) and the earlier ops come first.
+                    pipeline.flush(conn).await?;
+                }
+                return Err(e);
+            }
         }
-        Ok(true)
+        commit(conn, &mut pipeline, &wal_end).await
     }
 
+    /// The answer to a group recorded before (no transaction open).
     async fn duplicate(
         &self,
         conn: &mut Conn,
+        client_id: &str,
         seq: u64,
-        recorded: Option<Recorded>,
+        seq_i64: i64,
     ) -> Result<GroupResult, WriteError> {
+        let lookup = conn
+            .prepare(ledger::LOOKUP)
+            .await
+            .map_err(WriteError::Postgres)?;
+        let wal_end = conn
+            .prepare(ledger::CURRENT_WAL_LSN)
+            .await
+            .map_err(WriteError::Postgres)?;
+        let client = conn.client();
+        let (row, lsn) = join(
+            client.query_opt(&lookup, &[&client_id, &seq_i64]),
+            client.query_one(&wal_end, &[]),
+        )
+        .await;
+        let recorded = row
+            .and_then(ledger::recorded)
+            .map_err(WriteError::Postgres)?;
         let Some(recorded) = recorded else {
             // The claim conflicted with a committed row, which only an
             // outside DELETE from the ledger can have removed since.
@@ -157,11 +175,11 @@ impl Applier {
             )));
         };
         let commit_lsn = if recorded.status == "applied" {
+            // The WAL end now is past the group's commit too.
             match recorded.commit_lsn {
                 Some(lsn) => lsn.0,
                 None => {
-                    ledger::current_wal_lsn(conn)
-                        .await
+                    lsn.and_then(|r| ledger::lsn(&r))
                         .map_err(WriteError::Postgres)?
                         .0
                 }
@@ -169,13 +187,7 @@ impl Applier {
         } else {
             0
         };
-        Ok(GroupResult {
-            commit_lsn,
-            reason_code: recorded.reason_code,
-            message: recorded.message,
-            op_index: recorded.op_index,
-            ..result(seq, Status::Duplicate)
-        })
+        Ok(duplicate_result(seq, recorded, commit_lsn))
     }
 
     /// Records a rejected (rolled back) group, so that a retry gets the
@@ -196,21 +208,22 @@ impl Applier {
             message = %rejection.message,
             "write group rejected"
         );
-        let recorded = ledger::record_rejection(
-            conn,
-            cx.client_id,
-            seq_i64,
-            rejection.code,
-            &rejection.message,
-            rejection.op_index,
-        )
-        .await
-        .map_err(WriteError::Postgres)?;
-        if !recorded {
-            let earlier = ledger::lookup(conn, cx.client_id, seq_i64)
-                .await
-                .map_err(WriteError::Postgres)?;
-            return self.duplicate(conn, seq, earlier).await;
+        let op_index = i32::try_from(rejection.op_index).unwrap_or(i32::MAX);
+        let inserted = conn
+            .execute(
+                ledger::RECORD_REJECTION,
+                &[
+                    &cx.client_id,
+                    &seq_i64,
+                    &rejection.code,
+                    &rejection.message,
+                    &op_index,
+                ],
+            )
+            .await
+            .map_err(WriteError::Postgres)?;
+        if inserted == 0 {
+            return self.duplicate(conn, cx.client_id, seq, seq_i64).await;
         }
         Ok(GroupResult {
             reason_code: rejection.code.to_string(),
@@ -218,5 +231,33 @@ impl Applier {
             op_index: rejection.op_index,
             ..result(seq, Status::Rejected)
         })
+    }
+}
+
+/// The COMMIT, with what the pipeline holds, and the read of the WAL end:
+/// one round trip.
+async fn commit(
+    conn: &Conn,
+    pipeline: &mut Pipeline<'_>,
+    wal_end: &Statement,
+) -> Result<Lsn, GroupError> {
+    let client = conn.client();
+    let (committed, lsn) = pipeline
+        .run(conn, join(conn.commit(), client.query_one(wal_end, &[])))
+        .await?;
+    committed.map_err(|e| classify(e, Stage::Write, 0))?;
+    // Committed: a failure from here on leaves the group applied, and the
+    // client's retry is answered as a duplicate.
+    lsn.and_then(|r| ledger::lsn(&r))
+        .map_err(GroupError::Transient)
+}
+
+fn duplicate_result(seq: u64, recorded: Recorded, commit_lsn: u64) -> GroupResult {
+    GroupResult {
+        commit_lsn,
+        reason_code: recorded.reason_code,
+        message: recorded.message,
+        op_index: recorded.op_index,
+        ..result(seq, Status::Duplicate)
     }
 }

@@ -5,11 +5,15 @@
 //! Invariants:
 //! - `applied_groups` gets the `(client_id, seq)` row of an applied group in
 //!   the group's own transaction, so the row exists exactly when the group's
-//!   changes do; a rejected group's row is written after its rollback.
+//!   changes do; a rejected group's row is written after its rollback. Its
+//!   `commit_lsn` is no longer written (rows from earlier versions may hold
+//!   one, and a duplicate of such a group is answered with it).
 //! - `column_versions` is written in the same transaction as the values it
 //!   describes, under the row's lock; `value_hash` is the hash of the text
 //!   Postgres returned for the written value.
 //! - Neither table is published for replication: clients never see them.
+
+use tokio_postgres::types::ToSql;
 
 use super::hlc::Version;
 use super::pool::Conn;
@@ -112,38 +116,23 @@ pub(crate) struct Recorded {
     pub commit_lsn: Option<Lsn>,
 }
 
-/// Takes the group's ledger row inside the open transaction. `false`: the
-/// group was recorded before (the insert waited for any transaction still
-/// holding it, so the recorded row is committed).
-pub(crate) async fn claim(
-    conn: &mut Conn,
-    client_id: &str,
-    seq: i64,
-) -> Result<bool, tokio_postgres::Error> {
-    let inserted = conn
-        .execute(
-            "INSERT INTO outpost.applied_groups (client_id, seq, status) \
-             VALUES ($1, $2, 'applied') ON CONFLICT DO NOTHING",
-            &[&client_id, &seq],
-        )
-        .await?;
-    Ok(inserted == 1)
-}
+/// Takes the group's ledger row inside the open transaction (`$1`
+/// client id, `$2` seq); no row inserted: the group was recorded before
+/// (the insert waited for any transaction still holding it, so the recorded
+/// row is committed).
+pub(crate) const CLAIM: &str = "INSERT INTO outpost.applied_groups (client_id, seq, status) \
+     VALUES ($1, $2, 'applied') ON CONFLICT DO NOTHING";
 
-/// The recorded result of a group.
-pub(crate) async fn lookup(
-    conn: &mut Conn,
-    client_id: &str,
-    seq: i64,
+/// The recorded result of a group (`$1` client id, `$2` seq): read with
+/// [`recorded`].
+pub(crate) const LOOKUP: &str = "SELECT status, coalesce(reason_code, ''), coalesce(message, ''), \
+            coalesce(op_index, 0), commit_lsn::text \
+     FROM outpost.applied_groups WHERE client_id = $1 AND seq = $2";
+
+/// The row [`LOOKUP`] read.
+pub(crate) fn recorded(
+    row: Option<tokio_postgres::Row>,
 ) -> Result<Option<Recorded>, tokio_postgres::Error> {
-    let row = conn
-        .query_opt(
-            "SELECT status, coalesce(reason_code, ''), coalesce(message, ''), \
-                    coalesce(op_index, 0), commit_lsn::text \
-             FROM outpost.applied_groups WHERE client_id = $1 AND seq = $2",
-            &[&client_id, &seq],
-        )
-        .await?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -158,59 +147,21 @@ pub(crate) async fn lookup(
     }))
 }
 
-/// Records a rejection (outside any transaction). `false`: the group was
-/// recorded meanwhile by another attempt, whose result stands.
-pub(crate) async fn record_rejection(
-    conn: &mut Conn,
-    client_id: &str,
-    seq: i64,
-    reason_code: &str,
-    message: &str,
-    op_index: u32,
-) -> Result<bool, tokio_postgres::Error> {
-    let op_index = i32::try_from(op_index).unwrap_or(i32::MAX);
-    let inserted = conn
-        .execute(
-            "INSERT INTO outpost.applied_groups \
-                 (client_id, seq, status, reason_code, message, op_index) \
-             VALUES ($1, $2, 'rejected', $3, $4, $5) ON CONFLICT DO NOTHING",
-            &[&client_id, &seq, &reason_code, &message, &op_index],
-        )
-        .await?;
-    Ok(inserted == 1)
-}
+/// Records a rejection (outside any transaction): `$1` client id, `$2`
+/// seq, `$3` reason code, `$4` message, `$5` op index. No row inserted: the
+/// group was recorded meanwhile by another attempt, whose result stands.
+pub(crate) const RECORD_REJECTION: &str = "INSERT INTO outpost.applied_groups \
+         (client_id, seq, status, reason_code, message, op_index) \
+     VALUES ($1, $2, 'rejected', $3, $4, $5) ON CONFLICT DO NOTHING";
 
 /// The current end of the WAL: read right after a commit on the same
-/// connection, an upper bound of that commit's LSN.
-pub(crate) async fn current_wal_lsn(conn: &mut Conn) -> Result<Lsn, tokio_postgres::Error> {
-    let row = conn
-        .query_opt("SELECT pg_current_wal_lsn()::text", &[])
-        .await?;
-    Ok(row
-        .and_then(|r| r.try_get::<_, String>(0).ok())
-        .and_then(|l| l.parse().ok())
-        .unwrap_or_default())
-}
+/// connection, an upper bound of that commit's LSN. Read with [`lsn`].
+pub(crate) const CURRENT_WAL_LSN: &str = "SELECT pg_current_wal_lsn()::text";
 
-/// Stores an applied group's commit LSN (best effort: without it, a
-/// duplicate is answered with the then current WAL end, also an upper bound).
-pub(crate) async fn store_commit_lsn(
-    conn: &mut Conn,
-    client_id: &str,
-    seq: i64,
-    lsn: Lsn,
-) -> Result<(), tokio_postgres::Error> {
-    // Not worth a flush of its own: asynchronous commit.
-    conn.batch("SET synchronous_commit = off").await?;
-    let result = conn
-        .execute(
-            "UPDATE outpost.applied_groups SET commit_lsn = $3::text::pg_lsn \
-             WHERE client_id = $1 AND seq = $2",
-            &[&client_id, &seq, &lsn.to_string()],
-        )
-        .await;
-    conn.batch("RESET synchronous_commit").await?;
-    result.map(|_| ())
+/// The LSN [`CURRENT_WAL_LSN`] read.
+pub(crate) fn lsn(row: &tokio_postgres::Row) -> Result<Lsn, tokio_postgres::Error> {
+    let text: String = row.try_get(0)?;
+    Ok(text.parse().unwrap_or_default())
 }
 
 /// A column's recorded version and the hash of the value it was written with.
@@ -219,19 +170,15 @@ pub(crate) struct ColumnVersion {
     pub value_hash: i64,
 }
 
-/// The recorded versions of a row's columns, by column name.
-pub(crate) async fn versions(
-    conn: &mut Conn,
-    table: &str,
-    key: &str,
+/// The recorded versions of a row's columns (`$1` table label, `$2` version
+/// key): read with [`versions`].
+pub(crate) const VERSIONS: &str = "SELECT col, hlc, client_id, value_hash \
+     FROM outpost.column_versions WHERE tbl = $1 AND key = $2";
+
+/// The versions [`VERSIONS`] read, by column name.
+pub(crate) fn versions(
+    rows: &[tokio_postgres::Row],
 ) -> Result<Vec<(String, ColumnVersion)>, tokio_postgres::Error> {
-    let rows = conn
-        .query(
-            "SELECT col, hlc, client_id, value_hash FROM outpost.column_versions \
-             WHERE tbl = $1 AND key = $2",
-            &[&table, &key],
-        )
-        .await?;
     rows.iter()
         .map(|r| {
             Ok((
@@ -248,47 +195,48 @@ pub(crate) async fn versions(
         .collect()
 }
 
-/// Records the version of columns just written with `version`.
-pub(crate) async fn write_versions(
-    conn: &mut Conn,
-    table: &str,
-    key: &str,
-    columns: &[String],
-    hashes: &[i64],
-    version: &Version,
-) -> Result<(), tokio_postgres::Error> {
-    if columns.is_empty() {
-        return Ok(());
-    }
-    conn.execute(
-        "INSERT INTO outpost.column_versions AS v (tbl, key, col, hlc, client_id, value_hash) \
-         SELECT $1, $2, c.col, $4, $5, c.hash \
-         FROM unnest($3::text[], $6::int8[]) AS c(col, hash) \
-         ON CONFLICT (tbl, key, col) DO UPDATE \
-         SET hlc = excluded.hlc, client_id = excluded.client_id, value_hash = excluded.value_hash",
-        &[
-            &table,
-            &key,
-            &columns,
-            &version.hlc,
-            &version.client_id,
-            &hashes,
-        ],
-    )
-    .await?;
-    Ok(())
+/// Records the versions of a row's columns just written, in one statement:
+/// `$1` table label, `$2` version key, `$3` columns, `$4` hlc, `$5` client
+/// id, `$6` value hashes, `$7` whether the versions of the row's other
+/// columns are forgotten (the row was deleted, or inserted anew). Built by
+/// [`VersionWrite::params`].
+pub(crate) const WRITE_VERSIONS: &str = "WITH forgotten AS (\
+         DELETE FROM outpost.column_versions \
+         WHERE $7 AND tbl = $1 AND key = $2 AND col <> ALL ($3::text[])) \
+     INSERT INTO outpost.column_versions AS v (tbl, key, col, hlc, client_id, value_hash) \
+     SELECT $1, $2, c.col, $4, $5, c.hash \
+     FROM unnest($3::text[], $6::int8[]) AS c(col, hash) \
+     ON CONFLICT (tbl, key, col) DO UPDATE \
+     SET hlc = excluded.hlc, client_id = excluded.client_id, value_hash = excluded.value_hash";
+
+/// What [`WRITE_VERSIONS`] records for one row.
+pub(crate) struct VersionWrite {
+    pub table: String,
+    pub key: String,
+    /// The last-writer-wins columns written, and the hashes of their values.
+    pub columns: Vec<String>,
+    pub hashes: Vec<i64>,
+    pub version: Version,
+    /// Forget the versions of the row's other columns.
+    pub replace: bool,
 }
 
-/// Forgets the versions of a row (deleted, or inserted anew).
-pub(crate) async fn drop_versions(
-    conn: &mut Conn,
-    table: &str,
-    key: &str,
-) -> Result<(), tokio_postgres::Error> {
-    conn.execute(
-        "DELETE FROM outpost.column_versions WHERE tbl = $1 AND key = $2",
-        &[&table, &key],
-    )
-    .await?;
-    Ok(())
+impl VersionWrite {
+    /// Nothing to record: no column written and none to forget.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.columns.is_empty() && !self.replace
+    }
+
+    /// The parameters of [`WRITE_VERSIONS`].
+    pub(crate) fn params(self) -> Vec<Box<dyn ToSql + Send + Sync>> {
+        vec![
+            Box::new(self.table),
+            Box::new(self.key),
+            Box::new(self.columns),
+            Box::new(self.version.hlc),
+            Box::new(self.version.client_id),
+            Box::new(self.hashes),
+            Box::new(self.replace),
+        ]
+    }
 }

@@ -118,15 +118,6 @@ pub(crate) fn update(plan: &TablePlan, key: &[String], written: &[Written]) -> O
     })
 }
 
-/// `DELETE … WHERE <key>`.
-pub(crate) fn delete(plan: &TablePlan) -> String {
-    format!(
-        "DELETE FROM {} WHERE {}",
-        plan.qualified,
-        plan.key_condition(0)
-    )
-}
-
 /// Whether a last-writer-wins write with version `write` replaces the
 /// current value `current` (Postgres text). The current value's version is
 /// the one Outpost recorded when it still holds the value recorded with it;

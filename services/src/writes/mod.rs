@@ -7,6 +7,7 @@
 //!   (client_id, seq)      ledger claim ─▶ per op: lock row ─▶ stale check
 //!   groups of ops         ─▶ table function ─▶ merge + write ─▶ permission
 //!                         ─▶ column versions ─▶ COMMIT
+//!   (a single-op group: three round trips to Postgres, see `apply`)
 //! ◀─ GroupResult: APPLIED (commit LSN) │ DUPLICATE (original result) │ REJECTED (reason, op)
 //! ```
 //!
@@ -22,13 +23,15 @@
 //!   before comes back as DUPLICATE.
 //! - The commit LSN of an APPLIED group is read right after its commit: an
 //!   upper bound, so a client that waits for a checkpoint at or past it
-//!   holds the group's changes by then.
+//!   holds the group's changes by then. A DUPLICATE of an applied group
+//!   carries the WAL end read when it is answered, an upper bound too.
 //!
 //! Modules: `ledger` (the `outpost` tables), `apply` (one group), `op`
 //! (one op), `merge` (the SQL of each merge kind, last-writer-wins),
 //! [`hlc`] (versions),
 //! `function` (the table function), `values` (wire values → Postgres text),
 //! `plan` (per-table SQL prepared at start-up), `pool` (connections),
+//! `pipeline` (statements of a group sharing a round trip),
 //! [`reason`] (the rejection codes).
 
 mod apply;
@@ -37,6 +40,7 @@ pub mod hlc;
 mod ledger;
 mod merge;
 mod op;
+mod pipeline;
 mod plan;
 mod pool;
 mod reject;

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use futures::future::{OptionFuture, join};
 use outpost_proto::v1::{ColumnValue, Value, WriteOp, write_op};
 use tokio_postgres::types::ToSql;
 
@@ -18,8 +19,9 @@ use super::Applier;
 use super::apply::RequestCx;
 use super::function::{self, FunctionCall, Verdict};
 use super::hlc::{Version, value_hash};
-use super::ledger;
+use super::ledger::{self, VersionWrite};
 use super::merge::{self, Written};
+use super::pipeline::Pipeline;
 use super::plan::TablePlan;
 use super::pool::Conn;
 use super::reject::{GroupError, Stage, classify, reason};
@@ -75,6 +77,7 @@ impl Applier {
         cx: &RequestCx<'_>,
         index: u32,
         op: &WriteOp,
+        pipeline: &mut Pipeline<'_>,
     ) -> Result<(), GroupError> {
         let refuse = |code, message: String| GroupError::rejected(code, message, index);
         let Some(plan) = self.plans.get(&op.table) else {
@@ -126,7 +129,7 @@ impl Applier {
                 .collect(),
         };
         for _ in 0..MAX_INSERT_RACES {
-            if let OpEnd::Done = self.apply_op_once(conn, cx, plan, &op).await? {
+            if let OpEnd::Done = self.apply_op_once(conn, cx, plan, &op, pipeline).await? {
                 return Ok(());
             }
         }
@@ -141,16 +144,50 @@ impl Applier {
         cx: &RequestCx<'_>,
         plan: &TablePlan,
         op: &Op<'_>,
+        pipeline: &mut Pipeline<'_>,
     ) -> Result<OpEnd, GroupError> {
         let index = op.index;
         let pg = |e| classify(e, Stage::Write, index);
         let refuse = |code, message: String| GroupError::rejected(code, message, index);
         let width = plan.columns.len();
         let key_params: Vec<Option<String>> = op.key.iter().cloned().map(Some).collect();
-        let locked = conn
-            .query_opt(&plan.lock_sql, &text_params(&key_params))
-            .await
-            .map_err(pg)?;
+        let lock = conn.prepare(&plan.lock_sql).await.map_err(pg)?;
+        // The versions of the row, read right after its lock when the op
+        // writes a last-writer-wins column, under the key as the op gives
+        // it (checked against the key Postgres prints below).
+        let versions = if op.kind != WriteKind::Delete
+            && op
+                .written
+                .iter()
+                .any(|w| plan.columns[w.column].merge == MergeKind::Lww)
+        {
+            Some(conn.prepare(ledger::VERSIONS).await.map_err(pg)?)
+        } else {
+            None
+        };
+        let guessed_key = versions.as_ref().map(|_| {
+            let key: Vec<Option<&str>> = op.key.iter().map(|k| Some(k.as_str())).collect();
+            serde_json::to_string(&key).unwrap_or_default()
+        });
+        let versions_params: Option<[&(dyn ToSql + Sync); 2]> =
+            guessed_key.as_ref().map(|key| [&plan.label as _, key as _]);
+        let client = conn.client();
+        let (locked, read) = pipeline
+            .run(
+                conn,
+                join(
+                    client.query_opt(&lock, &text_params(&key_params)),
+                    OptionFuture::from(
+                        versions
+                            .as_ref()
+                            .zip(versions_params.as_ref())
+                            .map(|(s, p)| client.query(s, p)),
+                    ),
+                ),
+            )
+            .await?;
+        let locked = locked.map_err(pg)?;
+        let read = read.transpose().map_err(pg)?;
         let current = match &locked {
             Some(r) => Some((
                 read_row(r, width).map_err(pg)?,
@@ -208,14 +245,22 @@ impl Applier {
             }
             check_counters(plan, &written).map_err(|m| refuse(reason::REJECTED_BY_FUNCTION, m))?;
         }
-        match (effective, current) {
+        let record = match (effective, current) {
             (WriteKind::Delete, Some((old, _))) => {
-                conn.execute(&merge::delete(plan), &text_params(&key_params))
-                    .await
-                    .map_err(pg)?;
-                ledger::drop_versions(conn, &plan.label, &version_key(plan, &old))
-                    .await
-                    .map_err(pg)?;
+                let delete = conn.prepare(&plan.delete_sql).await.map_err(pg)?;
+                let params: Vec<Box<dyn ToSql + Send + Sync>> = key_params
+                    .into_iter()
+                    .map(|k| Box::new(k) as Box<dyn ToSql + Send + Sync>)
+                    .collect();
+                pipeline.defer(delete, params, index);
+                VersionWrite {
+                    table: plan.label.clone(),
+                    key: version_key(plan, &old),
+                    columns: Vec::new(),
+                    hashes: Vec::new(),
+                    version: op.version.clone(),
+                    replace: true,
+                }
             }
             (WriteKind::Insert, _) => {
                 let sql = merge::insert(plan, &op.key, &written);
@@ -230,28 +275,28 @@ impl Applier {
                 plan.rules
                     .check_permission(WriteKind::Insert, None, Some(&new), cx.claims)
                     .map_err(|d| refuse(reason::PERMISSION_DENIED, d.0))?;
-                let key = version_key(plan, &new);
-                ledger::drop_versions(conn, &plan.label, &key)
-                    .await
-                    .map_err(pg)?;
-                record_versions(conn, plan, &key, &written, &new, &op.version)
-                    .await
-                    .map_err(pg)?;
+                versions_written(plan, version_key(plan, &new), &written, &new, op, true)
             }
             (_, Some((old, commit_ms))) => {
                 let key = version_key(plan, &old);
-                let recorded: HashMap<String, ledger::ColumnVersion> = if written
-                    .iter()
-                    .any(|w| plan.columns[w.column].merge == MergeKind::Lww)
-                {
-                    ledger::versions(conn, &plan.label, &key)
-                        .await
-                        .map_err(pg)?
-                        .into_iter()
-                        .collect()
-                } else {
-                    HashMap::new()
-                };
+                let recorded: HashMap<String, ledger::ColumnVersion> = match read {
+                    Some(rows) if guessed_key.as_deref() == Some(key.as_str()) => {
+                        ledger::versions(&rows).map_err(pg)?
+                    }
+                    _ if written
+                        .iter()
+                        .any(|w| plan.columns[w.column].merge == MergeKind::Lww) =>
+                    {
+                        let rows = conn
+                            .query(ledger::VERSIONS, &[&plan.label, &key])
+                            .await
+                            .map_err(pg)?;
+                        ledger::versions(&rows).map_err(pg)?
+                    }
+                    _ => Vec::new(),
+                }
+                .into_iter()
+                .collect();
                 let winners: Vec<Written> = written
                     .into_iter()
                     .filter(|w| {
@@ -281,11 +326,13 @@ impl Applier {
                 plan.rules
                     .check_permission(WriteKind::Update, Some(&old), Some(&new), cx.claims)
                     .map_err(|d| refuse(reason::PERMISSION_DENIED, d.0))?;
-                record_versions(conn, plan, &key, &winners, &new, &op.version)
-                    .await
-                    .map_err(pg)?;
+                versions_written(plan, key, &winners, &new, op, false)
             }
             (_, None) => return Ok(OpEnd::Done),
+        };
+        if !record.is_empty() {
+            let statement = conn.prepare(ledger::WRITE_VERSIONS).await.map_err(pg)?;
+            pipeline.defer(statement, record.params(), index);
         }
         Ok(OpEnd::Done)
     }
@@ -394,24 +441,33 @@ fn check_stale(plan: &TablePlan, op: &Op<'_>, old: &Row) -> Result<(), String> {
     Ok(())
 }
 
-/// Records the versions of the last-writer-wins columns just written.
-async fn record_versions(
-    conn: &mut Conn,
+/// The versions of the last-writer-wins columns just written, to record;
+/// `replace`: the versions of the row's other columns are forgotten.
+fn versions_written(
     plan: &TablePlan,
-    key: &str,
+    key: String,
     written: &[Written],
     new: &Row,
-    version: &Version,
-) -> Result<(), tokio_postgres::Error> {
-    let lww: Vec<usize> = written
+    op: &Op<'_>,
+    replace: bool,
+) -> VersionWrite {
+    let (columns, hashes) = written
         .iter()
         .map(|w| w.column)
         .filter(|&c| plan.columns[c].merge == MergeKind::Lww)
-        .collect();
-    let names: Vec<String> = lww.iter().map(|&c| plan.columns[c].name.clone()).collect();
-    let hashes: Vec<i64> = lww
-        .iter()
-        .map(|&c| value_hash(new.get(c).and_then(|v| v.as_deref())))
-        .collect();
-    ledger::write_versions(conn, &plan.label, key, &names, &hashes, version).await
+        .map(|c| {
+            (
+                plan.columns[c].name.clone(),
+                value_hash(new.get(c).and_then(|v| v.as_deref())),
+            )
+        })
+        .unzip();
+    VersionWrite {
+        table: plan.label.clone(),
+        key,
+        columns,
+        hashes,
+        version: op.version.clone(),
+        replace,
+    }
 }

@@ -1,6 +1,7 @@
 //! What the applier knows about each writable table, prepared once at
 //! start-up: its columns with their merge kinds and the SQL type each value
-//! is cast to, its primary key, and the statements that lock and read a row.
+//! is cast to, its primary key, and the statements that lock and read a
+//! row and delete it.
 //!
 //! Invariants: values are always passed as text and cast to the column's
 //! type *without* its modifiers (`varchar`, not `varchar(80)`), so that a
@@ -53,6 +54,8 @@ pub(crate) struct TablePlan {
     /// Locks the row with the key `$1…$k` and reads every column as text,
     /// then the commit time (ms) of its last change (0 when unknown).
     pub lock_sql: String,
+    /// Deletes the row with the key `$1…$k`.
+    pub delete_sql: String,
     /// `"c1"::text, "c2"::text, …`: every column as text.
     pub returning: String,
 }
@@ -107,11 +110,17 @@ impl TablePlan {
             rules: rules.clone(),
             function: rules.function.as_ref().and_then(|f| f.sql_name.clone()),
             lock_sql: String::new(),
+            delete_sql: String::new(),
             returning,
         };
         plan.lock_sql = format!(
             "SELECT {}, {commit_ms} FROM {} WHERE {} FOR UPDATE",
             plan.returning,
+            plan.qualified,
+            plan.key_condition(0)
+        );
+        plan.delete_sql = format!(
+            "DELETE FROM {} WHERE {}",
             plan.qualified,
             plan.key_condition(0)
         );

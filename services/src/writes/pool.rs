@@ -8,9 +8,16 @@
 //! connection is closed instead, and Postgres rolls its transaction back.
 //! Every connection runs with [`SESSION_SETTINGS`], so values read as text
 //! have the same form as on the replication path.
+//!
+//! Pipelining: requests made through [`Conn::client`] and the `&self`
+//! methods go out in the order their futures are first polled, without
+//! waiting for earlier answers, so statements polled together (joined, in
+//! order) share one round trip; only statements already prepared
+//! ([`Conn::prepare`]) are pipelined, since preparing waits for its answer.
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,11 +37,12 @@ pub(crate) struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
     /// A transaction is open (BEGIN sent, no COMMIT/ROLLBACK finished).
-    in_transaction: bool,
+    in_transaction: AtomicBool,
 }
 
 impl Conn {
-    async fn statement(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+    /// The statement for `sql`, prepared on this connection once.
+    pub(crate) async fn prepare(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -56,7 +64,7 @@ impl Conn {
         sql: &str,
         params: &Params<'_>,
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let statement = self.statement(sql).await?;
+        let statement = self.prepare(sql).await?;
         self.client.query(&statement, params).await
     }
 
@@ -65,7 +73,7 @@ impl Conn {
         sql: &str,
         params: &Params<'_>,
     ) -> Result<Option<Row>, tokio_postgres::Error> {
-        let statement = self.statement(sql).await?;
+        let statement = self.prepare(sql).await?;
         self.client.query_opt(&statement, params).await
     }
 
@@ -74,7 +82,7 @@ impl Conn {
         sql: &str,
         params: &Params<'_>,
     ) -> Result<u64, tokio_postgres::Error> {
-        let statement = self.statement(sql).await?;
+        let statement = self.prepare(sql).await?;
         self.client.execute(&statement, params).await
     }
 
@@ -83,20 +91,31 @@ impl Conn {
         self.client.batch_execute(sql).await
     }
 
-    pub(crate) async fn begin(&mut self) -> Result<(), tokio_postgres::Error> {
-        self.in_transaction = true;
+    /// The client, to run prepared statements in a pipeline.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Opens a transaction: from the first poll on, the connection counts
+    /// as inside one until a COMMIT or ROLLBACK is answered.
+    pub(crate) async fn begin(&self) -> Result<(), tokio_postgres::Error> {
+        self.in_transaction.store(true, Ordering::Relaxed);
         self.client.batch_execute("BEGIN").await
     }
 
-    pub(crate) async fn commit(&mut self) -> Result<(), tokio_postgres::Error> {
+    /// Ends the transaction. An answer without error does not mean the
+    /// changes committed: after a failed statement, Postgres answers COMMIT
+    /// with a rollback, so the answers of every statement of the
+    /// transaction must be read as well.
+    pub(crate) async fn commit(&self) -> Result<(), tokio_postgres::Error> {
         self.client.batch_execute("COMMIT").await?;
-        self.in_transaction = false;
+        self.in_transaction.store(false, Ordering::Relaxed);
         Ok(())
     }
 
-    pub(crate) async fn rollback(&mut self) -> Result<(), tokio_postgres::Error> {
+    pub(crate) async fn rollback(&self) -> Result<(), tokio_postgres::Error> {
         self.client.batch_execute("ROLLBACK").await?;
-        self.in_transaction = false;
+        self.in_transaction.store(false, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -148,7 +167,7 @@ impl Pool {
         Ok(Conn {
             client,
             statements: HashMap::new(),
-            in_transaction: false,
+            in_transaction: AtomicBool::new(false),
         })
     }
 }
@@ -183,7 +202,7 @@ impl Drop for PooledConn {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        if conn.in_transaction || conn.client.is_closed() {
+        if conn.in_transaction.load(Ordering::Relaxed) || conn.client.is_closed() {
             // Dropping the client closes the connection; Postgres rolls
             // back whatever was open.
             return;

@@ -61,6 +61,9 @@ pub(crate) enum GroupError {
     Retry(String),
     /// Postgres could not be reached or failed for reasons of its own.
     Transient(tokio_postgres::Error),
+    /// The ledger claim found the group recorded before: nothing was done;
+    /// the answer is the recorded result.
+    Recorded,
 }
 
 impl GroupError {

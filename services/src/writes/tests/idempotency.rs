@@ -67,9 +67,9 @@ fn a_group_is_applied_once() {
             [applied(), applied(), (Status::Duplicate, String::new())]
         );
         assert!(first[1].commit_lsn > 0);
-        assert_eq!(
-            first[2].commit_lsn, first[1].commit_lsn,
-            "a duplicate carries the original commit LSN"
+        assert!(
+            first[2].commit_lsn >= first[1].commit_lsn,
+            "a duplicate carries an upper bound of the original commit LSN"
         );
 
         // The reply of a committed group was lost: the retry is a duplicate.
@@ -156,8 +156,9 @@ fn a_group_is_applied_once() {
             "SELECT client_id, seq, status, coalesce(reason_code, '-'), commit_lsn IS NOT NULL \
              FROM outpost.applied_groups ORDER BY 1, 2"
         ),
-        "c1|1|applied|-|t\nc1|2|applied|-|t\nc1|3|applied|-|t\nc1|4|rejected|permission_denied|f\n\
-         c2|2|applied|-|t"
+        "c1|1|applied|-|f\nc1|2|applied|-|f\nc1|3|applied|-|f\nc1|4|rejected|permission_denied|f\n\
+         c2|2|applied|-|f",
+        "nothing is written to the ledger after a group's commit"
     );
     assert_eq!(
         query(
@@ -167,6 +168,68 @@ fn a_group_is_applied_once() {
         "0",
         "the ledger is not replicated"
     );
+}
+
+#[test]
+fn a_duplicate_carries_an_upper_bound_of_the_commit_lsn() {
+    let pg = cluster(SQL, false);
+    runtime().block_on(async {
+        let applier = applier(&pg, RULES).await;
+        let alice = claims("alice");
+        let create = group(
+            1,
+            vec![insert(
+                "items",
+                1,
+                vec![col("owner", text("alice"))],
+                hlc(1_000),
+            )],
+        );
+        let first = applier
+            .apply("c1", &alice, std::slice::from_ref(&create))
+            .await
+            .expect("apply");
+        assert_eq!(outcomes(&first), [applied()]);
+        let wal_end = |pg: &PgCluster| -> u64 {
+            let lsn: crate::lsn::Lsn = query(pg, "SELECT pg_current_wal_lsn()")
+                .parse()
+                .expect("an LSN");
+            lsn.0
+        };
+        assert!(first[0].commit_lsn > 0);
+        assert!(first[0].commit_lsn <= wal_end(&pg));
+
+        // More WAL since: the duplicate's answer is the WAL end when it is
+        // answered, at or past the group's commit.
+        pg.psql(
+            DB,
+            "CREATE TABLE other (n int); INSERT INTO other VALUES (1);",
+        )
+        .expect("more WAL");
+        let before_retry = wal_end(&pg);
+        let again = applier
+            .apply("c1", &alice, std::slice::from_ref(&create))
+            .await
+            .expect("apply");
+        assert_eq!(outcomes(&again), [(Status::Duplicate, String::new())]);
+        assert!(again[0].commit_lsn >= before_retry);
+        assert!(again[0].commit_lsn >= first[0].commit_lsn);
+        assert!(again[0].commit_lsn <= wal_end(&pg));
+
+        // A ledger row that holds its commit LSN is answered with it.
+        pg.psql(
+            DB,
+            "INSERT INTO outpost.applied_groups (client_id, seq, status, commit_lsn) \
+             VALUES ('c1', 7, 'applied', '0/10')",
+        )
+        .expect("a recorded group");
+        let recorded = applier
+            .apply("c1", &alice, &[group(7, Vec::new())])
+            .await
+            .expect("apply");
+        assert_eq!(outcomes(&recorded), [(Status::Duplicate, String::new())]);
+        assert_eq!(recorded[0].commit_lsn, 0x10);
+    });
 }
 
 #[test]

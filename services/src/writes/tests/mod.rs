@@ -5,6 +5,7 @@ mod commutative;
 mod grpc;
 mod idempotency;
 mod lww;
+mod pipelined;
 mod rejections;
 mod rules_in_db;
 mod types;
