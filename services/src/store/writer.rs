@@ -285,6 +285,7 @@ impl StoreWriter {
     /// op id `op_id`. `replaces` is the row's PUT op in that bucket (its id
     /// and hash) when the row is in it (the mirror lists the bucket), None
     /// when it is not: then a tombstone it left there is replaced.
+    #[allow(clippy::too_many_arguments)] // one op's fields, passed through from ingest
     pub(super) fn put_op(
         &mut self,
         bucket: &str,
