@@ -53,6 +53,8 @@ pub enum ReplicatorError {
     WriterGone,
     #[error("Postgres ended the replication stream")]
     StreamEnded,
+    #[error("the replication thread: {0}")]
+    Thread(String),
 }
 
 impl ReplicatorError {

@@ -59,9 +59,12 @@ pub enum ServiceError {
 /// Postgres connections applying client writes at once: each waits on a
 /// round trip most of the time, so more than the cores of a small server.
 const WRITE_CONNECTIONS: usize = 8;
+/// Store reads for streams at once (and reader connections kept open).
+const STORE_READERS: usize = 8;
 /// How often a stream whose data did not change is told how far the store
-/// has read the WAL.
-const IDLE_LSN_EVERY: Duration = Duration::from_secs(1);
+/// has read the WAL (the keepalive carries it too); a client that wrote is
+/// told at once when the store reaches its write.
+const IDLE_LSN_EVERY: Duration = Duration::from_secs(15);
 
 /// Loads the schema files and compiles them against the live catalog: what
 /// `outpost check` runs, and the first step of `outpost serve`.
@@ -207,12 +210,13 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
 
     let handle = spawn_writer(writer, schema.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let fanout = Arc::new(Fanout::default());
+    let fanout = Arc::new(Fanout::new(handle.recent.clone()));
     tokio::spawn(fanout.clone().run(handle.progress.clone()));
     let ctx = Arc::new(SyncContext {
         schema: schema.clone(),
         auth,
-        readers: Arc::new(ReaderPool::new(&db_path, 16)),
+        readers: Arc::new(ReaderPool::new(&db_path, STORE_READERS)),
+        store_reads: tokio::sync::Semaphore::new(STORE_READERS),
         keepalive: Duration::from_secs(cfg.keepalive_secs.max(1)),
         fanout,
         idle_lsn_every: IDLE_LSN_EVERY,
@@ -234,7 +238,7 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
         let server = tokio::spawn(server::serve(listener, ctx, async move {
             let _ = server_shutdown.wait_for(|s| *s).await;
         }));
-        let replication = replicator::run(
+        let replication = replicate_on_own_thread(
             rcfg,
             schema,
             handle.tx.clone(),
@@ -261,6 +265,36 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
         shutdown: shutdown_tx,
         task,
     })
+}
+
+/// Runs the replication task on a thread of its own, with a runtime of its
+/// own: however busy the streams keep the gRPC runtime, the WAL is read as
+/// fast as it comes and Postgres gets its status updates (it drops a
+/// replication connection that stays silent for `wal_sender_timeout`).
+async fn replicate_on_own_thread(
+    cfg: ReplicatorConfig,
+    schema: Arc<CompiledSchema>,
+    writer: tokio::sync::mpsc::Sender<crate::ingest::WriterMsg>,
+    progress: watch::Receiver<crate::ingest::Progress>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ReplicatorError> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("outpost-wal".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(replicator::run(cfg, schema, writer, progress, shutdown)),
+                Err(e) => Err(ReplicatorError::Thread(e.to_string())),
+            };
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| ReplicatorError::Thread(e.to_string()))?;
+    done_rx
+        .await
+        .unwrap_or_else(|_| Err(ReplicatorError::Thread("the thread panicked".into())))
 }
 
 fn flatten(

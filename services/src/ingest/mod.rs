@@ -21,10 +21,12 @@
 //!   membership table updates the membership index in the same transaction
 //!   as its mirror row.
 
+mod recent;
 mod rows;
 #[cfg(test)]
 mod tests;
 mod writer_thread;
 
+pub use recent::{Commit, RecentCommits, Since};
 pub use rows::{IngestError, RowChanges};
 pub use writer_thread::{Progress, WriterHandle, WriterMsg, spawn_writer};

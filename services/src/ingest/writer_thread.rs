@@ -7,6 +7,7 @@
 //! task keeps reading the network meanwhile. The channel between them is
 //! bounded, which applies back-pressure to the walsender.
 
+use super::recent::{Commit, RecentCommits};
 use super::{IngestError, RowChanges};
 use crate::lsn::Lsn;
 use crate::replication::PgOutput;
@@ -73,6 +74,8 @@ pub struct Progress {
 pub struct WriterHandle {
     pub tx: mpsc::Sender<WriterMsg>,
     pub progress: watch::Receiver<Progress>,
+    /// What each publication changed, for the streams.
+    pub recent: Arc<RecentCommits>,
     thread: Option<std::thread::JoinHandle<Result<(), IngestError>>>,
 }
 
@@ -84,6 +87,7 @@ impl WriterHandle {
             tx,
             progress,
             thread,
+            ..
         } = self;
         drop(tx);
         drop(progress);
@@ -109,17 +113,29 @@ fn progress_of(store: &mut StoreWriter, seq: u64) -> Progress {
     }
 }
 
-/// Publishes progress with consecutive sequence numbers.
+/// Publishes progress with consecutive sequence numbers, each first
+/// recorded in the recent commits.
 struct Publisher<'a> {
     tx: &'a watch::Sender<Progress>,
+    recent: &'a RecentCommits,
     seq: std::cell::Cell<u64>,
+    op_id: std::cell::Cell<u64>,
 }
 
 impl Publisher<'_> {
     fn publish(&self, store: &mut StoreWriter) {
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
-        self.tx.send_replace(progress_of(store, seq));
+        let progress = progress_of(store, seq);
+        self.recent.push(Commit {
+            seq,
+            epoch: progress.epoch.as_str().into(),
+            op_id_before: self.op_id.replace(progress.op_id),
+            op_id: progress.op_id,
+            durable_lsn: progress.durable_lsn,
+            touched: progress.touched.clone(),
+        });
+        self.tx.send_replace(progress);
     }
 }
 
@@ -127,10 +143,18 @@ impl Publisher<'_> {
 pub fn spawn_writer(mut store: StoreWriter, schema: Arc<CompiledSchema>) -> WriterHandle {
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     let (progress_tx, progress) = watch::channel(progress_of(&mut store, 0));
+    let recent = Arc::new(RecentCommits::default());
+    let thread_recent = recent.clone();
     let thread = std::thread::Builder::new()
         .name("outpost-store".into())
         .spawn(move || {
-            let result = run(store, RowChanges::new(schema), rx, &progress_tx);
+            let result = run(
+                store,
+                RowChanges::new(schema),
+                rx,
+                &progress_tx,
+                &thread_recent,
+            );
             if let Err(e) = &result {
                 tracing::error!(error = %e, "store writer stopped");
             }
@@ -140,6 +164,7 @@ pub fn spawn_writer(mut store: StoreWriter, schema: Arc<CompiledSchema>) -> Writ
     WriterHandle {
         tx,
         progress,
+        recent,
         thread: Some(thread),
     }
 }
@@ -149,10 +174,13 @@ fn run(
     mut changes: RowChanges,
     mut rx: mpsc::Receiver<WriterMsg>,
     progress: &watch::Sender<Progress>,
+    recent: &RecentCommits,
 ) -> Result<(), IngestError> {
     let publisher = Publisher {
         tx: progress,
+        recent,
         seq: std::cell::Cell::new(0),
+        op_id: std::cell::Cell::new(store.state().last_op_id),
     };
     let mut opened_at: Option<Instant> = None;
     let mut ops_in_txn: u64 = 0;

@@ -15,8 +15,9 @@
 //! - A stream's signal is set before the dispatched position that covers the
 //!   touching commit is published (so reading the position, then the signal,
 //!   never misses a change).
-//! - A publication missed by the dispatcher (a gap in `seq`) or a change of
-//!   store epoch signals every stream: when in doubt, streams read.
+//! - A publication missed by the dispatcher (a gap in `seq`) is dispatched
+//!   from the recent commits; when it is no longer there, or the store's
+//!   epoch changed, every stream is signalled: when in doubt, streams read.
 //! - A stream whose index entries change after a commit was dispatched must
 //!   read again itself ([`Registration::set_buckets`] tells it when).
 //! - Entries leave the index when their [`Registration`] is dropped.
@@ -24,7 +25,8 @@
 //!   (`closed`) and every stream is signalled, so that streams end and the
 //!   server can shut down.
 
-use crate::ingest::Progress;
+use crate::ingest::{Progress, RecentCommits};
+use crate::store::Touched;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -104,23 +106,55 @@ fn unlink<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<u64>>, key: &K, id: 
     }
 }
 
+/// Signals the streams holding a bucket or a membership key of `touched`.
+fn touch_streams(index: &Index, touched: &Touched) {
+    let ids = touched
+        .buckets
+        .keys()
+        .filter_map(|bucket| index.by_bucket.get(bucket.as_str()))
+        .chain(
+            touched
+                .members
+                .iter()
+                .filter_map(|member| index.by_member.get(member)),
+        );
+    for id in ids.flatten() {
+        if let Some(e) = index.streams.get(id) {
+            e.signal.touch();
+        }
+    }
+}
+
 /// The index of open streams and the dispatcher's published position.
 #[derive(Debug)]
 pub struct Fanout {
     index: Mutex<Index>,
     dispatched: watch::Sender<Dispatched>,
+    /// What each store commit changed, as the writer recorded it.
+    recent: Arc<RecentCommits>,
 }
 
 impl Default for Fanout {
     fn default() -> Self {
-        Fanout {
-            index: Mutex::new(Index::default()),
-            dispatched: watch::channel(Dispatched::default()).0,
-        }
+        Fanout::new(Arc::default())
     }
 }
 
 impl Fanout {
+    /// A fan-out of the store whose writer records its commits in `recent`.
+    pub fn new(recent: Arc<RecentCommits>) -> Self {
+        Fanout {
+            index: Mutex::new(Index::default()),
+            dispatched: watch::channel(Dispatched::default()).0,
+            recent,
+        }
+    }
+
+    /// The store's recent commits.
+    pub(super) fn recent(&self) -> &RecentCommits {
+        &self.recent
+    }
+
     fn index(&self) -> MutexGuard<'_, Index> {
         // The index stays consistent even if a holder panicked: every update
         // completes before the lock is released.
@@ -204,24 +238,7 @@ impl Fanout {
                     entry.signal.touch();
                 }
             } else {
-                for bucket in &p.touched.buckets {
-                    if let Some(ids) = index.by_bucket.get(bucket.as_str()) {
-                        for id in ids {
-                            if let Some(e) = index.streams.get(id) {
-                                e.signal.touch();
-                            }
-                        }
-                    }
-                }
-                for member in &p.touched.members {
-                    if let Some(ids) = index.by_member.get(member) {
-                        for id in ids {
-                            if let Some(e) = index.streams.get(id) {
-                                e.signal.touch();
-                            }
-                        }
-                    }
-                }
+                touch_streams(&index, &p.touched);
             }
             let durable = p.durable_lsn.0;
             let Index {
@@ -247,6 +264,20 @@ impl Fanout {
         });
     }
 
+    /// Signals the streams the publications after `seq` and before
+    /// `through` touched, from the recent commits; false when they are no
+    /// longer all there.
+    fn catch_up_missed(&self, seq: u64, through: u64) -> bool {
+        let Some(missed) = self.recent.range(seq, through.saturating_sub(1)) else {
+            return false;
+        };
+        let index = self.index();
+        for commit in &missed {
+            touch_streams(&index, &commit.touched);
+        }
+        true
+    }
+
     /// Tells every stream that no more progress will come.
     fn close(&self) {
         self.dispatched.send_modify(|d| d.closed = true);
@@ -264,10 +295,11 @@ impl Fanout {
                 let p = progress.borrow_and_update();
                 let gap = last_seq.is_some_and(|l| p.seq != l + 1) && Some(p.seq) != last_seq;
                 if Some(p.seq) != last_seq {
-                    if gap {
+                    let recovered = gap && last_seq.is_some_and(|l| self.catch_up_missed(l, p.seq));
+                    if gap && !recovered {
                         tracing::debug!(seq = p.seq, "publications missed: every stream reads");
                     }
-                    self.dispatch(&p, gap);
+                    self.dispatch(&p, gap && !recovered);
                     last_seq = Some(p.seq);
                 }
             }
@@ -349,7 +381,6 @@ impl Drop for Registration {
 mod tests {
     use super::*;
     use crate::lsn::Lsn;
-    use crate::store::Touched;
 
     fn progress(seq: u64, op_id: u64, buckets: &[&str], members: &[(usize, &str)]) -> Progress {
         Progress {
@@ -358,8 +389,12 @@ mod tests {
             durable_lsn: Lsn(op_id * 10),
             seq,
             touched: Arc::new(Touched {
-                buckets: buckets.iter().map(|b| b.to_string()).collect(),
+                buckets: buckets
+                    .iter()
+                    .map(|b| (b.to_string(), Default::default()))
+                    .collect(),
                 members: members.iter().map(|(m, k)| (*m, k.to_string())).collect(),
+                ..Touched::default()
             }),
             ..Progress::default()
         }

@@ -23,6 +23,8 @@
 //!   set grows past `max_buckets_per_user`, ends the stream with an error
 //!   saying so.
 
+mod live;
+
 use super::sync::SyncContext;
 use crate::store::{ReadTxn, StoreError};
 use outpost_proto::v1::sync_response::Message;
@@ -122,6 +124,7 @@ impl Session {
         // The membership keys of this user: a change to their entries can
         // change the bucket set.
         let member_keys = ctx.schema.selector_keys(&start.buckets);
+        let member_set: HashSet<(usize, String)> = member_keys.iter().cloned().collect();
         let registration = ctx.fanout.register(&start.request.client_id, member_keys);
         let signal = registration.signal();
         let mut state = BucketSet {
@@ -156,20 +159,30 @@ impl Session {
             }
             let touched = signal.take_dirty();
             if touched || state.resolved_at.is_none() {
-                let ctx2 = ctx.clone();
-                let tx2 = tx.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    ctx2.readers.read(|txn| {
-                        let mut state = state;
-                        let sent = catch_up(txn, &ctx2, &mut state, last_sent_lsn, &tx2);
-                        Ok(sent.map(|s| (s, state)))
-                    })
-                })
-                .await
-                .map_err(|_| Gone)??;
-                let ((op_id, lsn), next) = result?;
-                state = next;
-                registration.set_buckets(&state.held, op_id);
+                let from_memory = match state.resolved_at {
+                    Some(_) => {
+                        live::catch_up(
+                            &ctx,
+                            &mut state,
+                            last_sent_op,
+                            last_sent_lsn,
+                            &store_epoch,
+                            &member_set,
+                            &tx,
+                        )
+                        .await?
+                    }
+                    None => None,
+                };
+                let (op_id, lsn) = match from_memory {
+                    Some(sent) => sent,
+                    None => {
+                        let (sent, next) = read_store(&ctx, state, last_sent_lsn, &tx).await?;
+                        state = next;
+                        registration.set_buckets(&state.held, sent.0);
+                        sent
+                    }
+                };
                 last_sent_op = last_sent_op.max(op_id);
                 last_sent_lsn = last_sent_lsn.max(lsn);
                 lsn_sent_at = tokio::time::Instant::now();
@@ -204,6 +217,29 @@ impl Session {
             }
         }
     }
+}
+
+/// Catches the stream up from a store read snapshot, on a blocking thread
+/// (at most [`SyncContext::store_reads`] at once); gives the state back.
+async fn read_store(
+    ctx: &Arc<SyncContext>,
+    state: BucketSet,
+    last_sent_lsn: u64,
+    tx: &mpsc::Sender<Result<SyncResponse, Status>>,
+) -> Result<((u64, u64), BucketSet), Gone> {
+    let _permit = ctx.store_reads.acquire().await.map_err(|_| Gone)?;
+    let ctx2 = ctx.clone();
+    let tx2 = tx.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        ctx2.readers.read(|txn| {
+            let mut state = state;
+            let sent = catch_up(txn, &ctx2, &mut state, last_sent_lsn, &tx2);
+            Ok(sent.map(|s| (s, state)))
+        })
+    })
+    .await
+    .map_err(|_| Gone)??;
+    result
 }
 
 /// The buckets a stream holds and where the client is in each.

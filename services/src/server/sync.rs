@@ -29,6 +29,10 @@ pub struct SyncContext {
     /// store has read the WAL (an LSN-only checkpoint). A client that wrote
     /// is told as soon as the store reaches its write.
     pub idle_lsn_every: Duration,
+    /// Bounds the catch-ups that read the store at once (each holds a
+    /// blocking thread and a reader connection): many streams starting
+    /// together queue here instead of crowding the blocking pool.
+    pub store_reads: tokio::sync::Semaphore,
     /// Most ops in one `DataBatch`.
     pub batch_ops: usize,
     /// Applies `Write` calls; `None` when the schema files declare no write

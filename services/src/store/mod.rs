@@ -61,7 +61,7 @@ mod writer;
 pub use mirror::{MirrorRow, Placed};
 pub use reader::{BucketInfo, ReadTxn, ReaderPool, StoredCheckpoint};
 pub use text_row::{DecodeRowError, TextRow};
-pub use writer::{StoreState, StoreWriter, Touched};
+pub use writer::{BucketChange, ChangedOp, StoreState, StoreWriter, Touched};
 
 use std::path::{Path, PathBuf};
 

@@ -65,6 +65,11 @@ impl BucketSums {
         Ok(())
     }
 
+    /// The summary of `bucket`, if it is loaded.
+    pub fn get(&self, bucket: &str) -> Option<Sum> {
+        self.entries.get(bucket).copied()
+    }
+
     /// Writes every changed summary to the `buckets` table.
     pub fn flush(&mut self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
         let mut stmt = conn.prepare_cached(

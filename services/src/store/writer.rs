@@ -67,12 +67,75 @@ fn tombstones_exist(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// The buckets and membership keys a run of store writes changed.
+/// The most op bytes a run of store writes keeps in memory for
+/// [`Touched`]; past it the ops are dropped (`ops_dropped`) and streams read
+/// the store instead.
+const TOUCHED_OP_BYTES: usize = 8 << 20;
+
+/// What a run of store writes (one store commit) changed: the buckets, with
+/// the ops written to each and its summary after them, and the membership
+/// keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Touched {
-    pub buckets: std::collections::HashSet<String>,
+    pub buckets: std::collections::HashMap<String, BucketChange>,
     /// `(membership, user key)` pairs whose membership entries changed.
     pub members: std::collections::HashSet<(usize, String)>,
+    /// The commit wrote more than [`TOUCHED_OP_BYTES`] of ops: every
+    /// `BucketChange::ops` is empty, and only the bucket names (and
+    /// summaries) say what changed.
+    pub ops_dropped: bool,
+    /// Bytes of the ops held.
+    pub op_bytes: usize,
+}
+
+/// One bucket's part of a store commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BucketChange {
+    /// The ops written, in op id order (empty when `Touched::ops_dropped`).
+    /// An op replaced later in the same commit is still listed: applying
+    /// them in order gives the bucket's state after the commit.
+    pub ops: Vec<ChangedOp>,
+    /// The bucket's checksum and row count after the commit.
+    pub checksum: u64,
+    pub count: u64,
+}
+
+/// An op as the store holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangedOp {
+    pub op_id: u64,
+    /// `KIND_PUT` or `KIND_REMOVE`.
+    pub remove: bool,
+    /// The encoded `RowOp`, with `op_id` 0.
+    pub op: Vec<u8>,
+}
+
+impl Touched {
+    fn record_op(&mut self, bucket: &str, op_id: u64, remove: bool, op: &[u8]) {
+        if !self.buckets.contains_key(bucket) {
+            self.buckets
+                .insert(bucket.to_string(), BucketChange::default());
+        }
+        if self.ops_dropped {
+            return;
+        }
+        self.op_bytes += op.len() + bucket.len();
+        if self.op_bytes > TOUCHED_OP_BYTES {
+            self.ops_dropped = true;
+            self.op_bytes = 0;
+            for change in self.buckets.values_mut() {
+                change.ops = Vec::new();
+            }
+            return;
+        }
+        if let Some(change) = self.buckets.get_mut(bucket) {
+            change.ops.push(ChangedOp {
+                op_id,
+                remove,
+                op: op.to_vec(),
+            });
+        }
+    }
 }
 
 fn meta_get(conn: &rusqlite::Connection, key: &str) -> Result<Option<String>, StoreError> {
@@ -205,7 +268,31 @@ impl StoreWriter {
         if !self.in_txn {
             return Ok(());
         }
+        let mut flushed_earlier = Vec::new();
+        for (bucket, change) in self.touched.buckets.iter_mut() {
+            match self.sums.get(bucket) {
+                Some(sum) => {
+                    change.checksum = sum.checksum;
+                    change.count = sum.count.max(0) as u64;
+                }
+                None => flushed_earlier.push(bucket.clone()),
+            }
+        }
         self.sums.flush(&self.conn)?;
+        // Summaries dropped from memory by a flush inside this transaction
+        // (compaction) are in the table, and nothing changed them since.
+        for bucket in flushed_earlier {
+            let (checksum, count): (i64, i64) = self
+                .conn
+                .prepare_cached("SELECT checksum, count FROM buckets WHERE bucket = ?1")?
+                .query_row([&bucket], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .unwrap_or((0, 0));
+            if let Some(change) = self.touched.buckets.get_mut(&bucket) {
+                change.checksum = checksum as u64;
+                change.count = count.max(0) as u64;
+            }
+        }
         meta_set(
             &self.conn,
             "last_commit_lsn",
@@ -245,9 +332,8 @@ impl StoreWriter {
         op: &[u8],
         op_id: u64,
     ) -> Result<(), StoreError> {
-        if !self.touched.buckets.contains(bucket) {
-            self.touched.buckets.insert(bucket.to_string());
-        }
+        self.touched
+            .record_op(bucket, op_id, kind == KIND_REMOVE, op);
         self.conn
             .prepare_cached(
                 "INSERT INTO bucket_ops (bucket, op_id, tbl, key, kind, op) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

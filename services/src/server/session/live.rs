@@ -1,0 +1,179 @@
+//! Live delivery from memory: a stream that is current up to a recent
+//! store commit is brought up to date from the recent commits the writer
+//! keeps ([`crate::ingest::RecentCommits`]), without a store read or a hop
+//! to a blocking thread. This is what a change costs on a stream in the
+//! common case: a lookup of the commits, the ops of its buckets, and the
+//! messages.
+//!
+//! Invariants:
+//! - It serves only what the store read would have served, at the same
+//!   checkpoint: every commit past the stream's position is among the
+//!   recent commits (else the store is read), the ops of each bucket are
+//!   sent in op id order, and the checkpoint lists the summary each changed
+//!   bucket has after the newest commit, which is committed in the store.
+//! - Anything it cannot serve exactly goes to the store read: a commit whose
+//!   ops were too large to keep, a change of the user's memberships (the
+//!   bucket set must be resolved again), another store epoch.
+
+use super::{BATCH_BYTES, BucketSet, Gone, msg};
+use crate::ingest::Since;
+use crate::server::sync::SyncContext;
+use crate::store::BucketChange;
+use outpost_proto::v1::sync_response::Message;
+use outpost_proto::v1::{BucketChecksum, Checkpoint, DataBatch, RowOp, SyncResponse};
+use prost::Message as _;
+use std::collections::{BTreeMap, HashSet};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// The ops of one bucket to send, and its summary after them.
+struct Pending {
+    ops: Vec<RowOp>,
+    checksum: u64,
+    count: u64,
+}
+
+/// What the commits past the stream's position bring it, or `None` when
+/// the store must be read instead.
+fn collect(
+    since: &Since,
+    set: &BucketSet,
+    epoch: &str,
+    member_keys: &HashSet<(usize, String)>,
+) -> Option<BTreeMap<String, Pending>> {
+    let mut out: BTreeMap<String, Pending> = BTreeMap::new();
+    for commit in since.commits.iter().chain(std::iter::once(&since.latest)) {
+        if &*commit.epoch != epoch {
+            return None;
+        }
+    }
+    for commit in &since.commits {
+        let touched = &commit.touched;
+        // Each test walks the smaller side: a commit may touch many users,
+        // a user may hold many buckets.
+        let members_changed = if touched.members.len() <= member_keys.len() {
+            touched.members.iter().any(|m| member_keys.contains(m))
+        } else {
+            member_keys.iter().any(|m| touched.members.contains(m))
+        };
+        if members_changed {
+            return None;
+        }
+        let mine: Vec<(&String, &BucketChange, u64)> = if touched.buckets.len() <= set.cursors.len()
+        {
+            touched
+                .buckets
+                .iter()
+                .filter_map(|(b, change)| Some((b, change, *set.cursors.get(b)?)))
+                .collect()
+        } else {
+            set.cursors
+                .iter()
+                .filter_map(|(b, &cursor)| {
+                    let (b, change) = touched.buckets.get_key_value(b)?;
+                    Some((b, change, cursor))
+                })
+                .collect()
+        };
+        for (bucket, change, cursor) in mine {
+            if touched.ops_dropped {
+                return None;
+            }
+            let pending = out.entry(bucket.clone()).or_insert_with(|| Pending {
+                ops: Vec::new(),
+                checksum: 0,
+                count: 0,
+            });
+            for op in change.ops.iter().filter(|op| op.op_id > cursor) {
+                // From cursor zero the client holds nothing to remove.
+                if cursor == 0 && op.remove {
+                    continue;
+                }
+                let mut row_op = RowOp::decode(op.op.as_slice()).ok()?;
+                row_op.op_id = op.op_id;
+                pending.ops.push(row_op);
+            }
+            pending.checksum = change.checksum;
+            pending.count = change.count;
+        }
+    }
+    Some(out)
+}
+
+/// Brings the stream from `at_op` to the newest recent commit from memory.
+/// Returns the checkpoint's op id and LSN, `Ok(None)` when the store must
+/// be read instead (nothing was sent then).
+pub(super) async fn catch_up(
+    ctx: &SyncContext,
+    set: &mut BucketSet,
+    at_op: u64,
+    last_lsn: u64,
+    epoch: &str,
+    member_keys: &HashSet<(usize, String)>,
+    tx: &mpsc::Sender<Result<SyncResponse, Status>>,
+) -> Result<Option<(u64, u64)>, Gone> {
+    let Some(since) = ctx.fanout.recent().since_op(at_op) else {
+        return Ok(None);
+    };
+    let Some(pending) = collect(&since, set, epoch, member_keys) else {
+        return Ok(None);
+    };
+    let op_id = since.latest.op_id.max(at_op);
+    let lsn = since.latest.durable_lsn.0;
+    let mut listed = Vec::with_capacity(pending.len());
+    for (bucket, p) in pending {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        for op in p.ops {
+            bytes += op.encoded_len();
+            batch.push(op);
+            if batch.len() >= ctx.batch_ops || bytes >= BATCH_BYTES {
+                let ops = std::mem::take(&mut batch);
+                bytes = 0;
+                send(
+                    tx,
+                    Message::Data(DataBatch {
+                        bucket: bucket.clone(),
+                        ops,
+                    }),
+                )
+                .await?;
+            }
+        }
+        if !batch.is_empty() {
+            send(
+                tx,
+                Message::Data(DataBatch {
+                    bucket: bucket.clone(),
+                    ops: batch,
+                }),
+            )
+            .await?;
+        }
+        listed.push(BucketChecksum {
+            bucket,
+            checksum: p.checksum,
+            count: p.count,
+        });
+    }
+    for cursor in set.cursors.values_mut() {
+        *cursor = (*cursor).max(op_id);
+    }
+    if !listed.is_empty() || lsn > last_lsn {
+        send(
+            tx,
+            Message::Checkpoint(Checkpoint {
+                op_id,
+                lsn,
+                epoch: epoch.to_string(),
+                buckets: listed,
+            }),
+        )
+        .await?;
+    }
+    Ok(Some((op_id, lsn)))
+}
+
+async fn send(tx: &mpsc::Sender<Result<SyncResponse, Status>>, m: Message) -> Result<(), Gone> {
+    tx.send(msg(m)).await.map_err(|_| Gone)
+}
