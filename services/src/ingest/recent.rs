@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(since.latest.seq, 3);
         assert_eq!(
             seqs(&recent.since_op(0).expect("covered").commits),
-            vec![1, 3]
+            vec![1, 2, 3]
         );
         assert!(recent.since_op(5).expect("covered").commits.is_empty());
     }

@@ -174,3 +174,88 @@ fn membership_and_link_indexes() {
     w.commit().unwrap();
     assert_eq!(read(1, "u"), (Vec::<String>::new(), 0));
 }
+
+/// What a commit reports it changed (the ops of each bucket, and the
+/// summaries after them) is what a reader of the store sees past the
+/// commit before it: streams are caught up from it without a store read.
+#[test]
+fn touched_matches_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = database_path(dir.path());
+    let mut w = StoreWriter::open(&path).unwrap();
+    w.reinitialise("v1", "slot", "epoch1").unwrap();
+    let (a, ha) = op(1, "a");
+    let (b, hb) = op(2, "b");
+    let a_id = w
+        .bucket_put("B", "todos", "[1]", &a.encode_to_vec(), ha, None)
+        .unwrap();
+    let b_id = w
+        .bucket_put("C", "todos", "[2]", &b.encode_to_vec(), hb, None)
+        .unwrap();
+    w.mark_commit(Lsn(10), Lsn(11));
+    w.commit().unwrap();
+    let first = w.take_touched();
+    assert!(!first.ops_dropped);
+    assert_eq!(first.buckets.len(), 2);
+    assert_eq!(first.buckets["B"].ops.len(), 1);
+
+    // The next commit: an update (twice) in B, a remove in C.
+    w.begin().unwrap();
+    let (a2, ha2) = op(1, "a2");
+    let a2_id = w
+        .bucket_put(
+            "B",
+            "todos",
+            "[1]",
+            &a2.encode_to_vec(),
+            ha2,
+            Some((a_id, ha)),
+        )
+        .unwrap();
+    let (a3, ha3) = op(1, "a3");
+    w.bucket_put(
+        "B",
+        "todos",
+        "[1]",
+        &a3.encode_to_vec(),
+        ha3,
+        Some((a2_id, ha2)),
+    )
+    .unwrap();
+    let (mut rm, _) = op(2, "");
+    rm.kind = 2;
+    w.bucket_remove("C", "todos", "[2]", &rm.encode_to_vec(), (b_id, hb))
+        .unwrap();
+    w.mark_commit(Lsn(20), Lsn(21));
+    w.commit().unwrap();
+    let touched = w.take_touched();
+    let pool = ReaderPool::new(&path, 1);
+    for (bucket, change) in &touched.buckets {
+        let info = pool.read(|t| t.bucket(bucket)).unwrap();
+        assert_eq!((change.checksum, change.count), (info.checksum, info.count));
+        // Applying the commit's ops in order ends where the store's log does.
+        let mut stored = Vec::new();
+        pool.read(|t| {
+            t.ops_since(bucket, 2, |o| {
+                stored.push(o);
+                true
+            })
+        })
+        .unwrap();
+        let last = change.ops.last().expect("the commit wrote to the bucket");
+        let mut from_memory = RowOp::decode(last.op.as_slice()).unwrap();
+        from_memory.op_id = last.op_id;
+        assert_eq!(stored.last(), Some(&from_memory), "bucket {bucket}");
+        assert!(change.ops.windows(2).all(|w| w[0].op_id < w[1].op_id));
+    }
+    assert_eq!(touched.buckets["B"].ops.len(), 2);
+    assert!(touched.buckets["C"].ops[0].remove);
+    assert_eq!(touched.buckets["C"].count, 0);
+
+    // A rolled back transaction reports nothing.
+    w.begin().unwrap();
+    w.bucket_put("B", "todos", "[3]", &a.encode_to_vec(), ha, None)
+        .unwrap();
+    w.rollback().unwrap();
+    assert!(w.take_touched().buckets.is_empty());
+}
