@@ -56,7 +56,7 @@ impl Replica {
     /// Opens the transaction if none is open.
     pub(super) fn begin(&mut self) -> Result<(), ClientError> {
         if self.pending.is_none() {
-            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
             let opened = self.transaction_state();
             let shadow = match opened {
                 Ok(shadow) => shadow,
@@ -231,15 +231,16 @@ impl Replica {
             let bucket = b.bucket.clone();
             self.pending_mut().dirty.insert(bucket);
         }
-        self.conn.execute(
-            "INSERT OR REPLACE INTO _outpost_state (key, value) VALUES
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO _outpost_state (key, value) VALUES
              ('epoch', ?1), ('op_id', ?2), ('lsn', ?3)",
-            (
+            )?
+            .execute((
                 &checkpoint.epoch,
                 checkpoint.op_id as i64,
                 checkpoint.lsn as i64,
-            ),
-        )?;
+            ))?;
         let outcomes = self.record_results(answers)?;
         // Groups the service applied at or before this state are in it now.
         let resolved: Vec<(String, String)> = {
@@ -292,7 +293,7 @@ impl Replica {
                     acc.count as i64,
                 ))?;
             }
-            self.conn.execute_batch("COMMIT")?;
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
             Ok(())
         })();
         if let Err(e) = written {

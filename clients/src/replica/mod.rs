@@ -218,6 +218,10 @@ pub struct Replica {
     triggers: bool,
     /// `Some` while a transaction is open.
     pending: Option<Pending>,
+    /// The `PRAGMA data_version` at which the outbox was last found empty:
+    /// until another connection commits, it still is (this connection never
+    /// writes to it), and polling it reads nothing.
+    outbox_empty_at: Option<i64>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -308,6 +312,7 @@ impl Replica {
             ids: refs::Ids::default(),
             triggers: true,
             pending: None,
+            outbox_empty_at: None,
         };
         replica.reload()?;
         Ok(replica)
@@ -358,6 +363,7 @@ impl Replica {
             ids: refs::Ids::default(),
             triggers: true,
             pending: None,
+            outbox_empty_at: None,
         };
         replica.reload()?;
         Ok(replica)

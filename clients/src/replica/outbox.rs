@@ -184,6 +184,26 @@ impl Replica {
     /// The oldest op groups of the outbox, in seq order: at most
     /// `limits.groups`, with at most `limits.ops` ops in all, and no more once
     /// `limits.bytes` of ops are gathered (always at least one group).
+    /// As [`Replica::outbox_groups`], for a session polling the outbox: an
+    /// outbox found empty is not read again until another connection has
+    /// committed (`PRAGMA data_version` moved), so an idle replica costs a
+    /// pragma per poll.
+    pub(crate) fn poll_outbox(
+        &mut self,
+        limits: UploadLimits,
+    ) -> Result<Vec<OpGroup>, ClientError> {
+        let version: i64 = self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if self.outbox_empty_at == Some(version) {
+            return Ok(Vec::new());
+        }
+        let groups = self.outbox_groups(limits)?;
+        self.outbox_empty_at = groups.is_empty().then_some(version);
+        Ok(groups)
+    }
+
     pub(crate) fn outbox_groups(&self, limits: UploadLimits) -> Result<Vec<OpGroup>, ClientError> {
         let heads: Vec<(i64, u64, usize)> = {
             let mut stmt = self.conn.prepare_cached(

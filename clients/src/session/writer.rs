@@ -210,7 +210,7 @@ fn run(mut replica: Replica, mut rx: mpsc::Receiver<Command>) {
                 } else {
                     LIMITS
                 };
-                let _ = reply.send(replica.outbox_groups(limits));
+                let _ = reply.send(replica.poll_outbox(limits));
                 Ok(())
             }
             Command::WriteResults(results, reply) => {

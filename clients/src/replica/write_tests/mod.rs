@@ -446,3 +446,23 @@ fn triggers_follow_migrations_and_are_left_alone_otherwise() {
         .expect("outbox");
     assert_eq!(columns, r#"{"it's":"new"}"#);
 }
+
+/// A polled outbox found empty is not read again until another connection
+/// commits; a local write made after that is found at the next poll, and the
+/// groups stay until they are answered.
+#[test]
+fn polling_an_idle_outbox_finds_new_writes() {
+    let (_dir, mut r, db) = setup();
+    assert!(r.poll_outbox(ALL).expect("poll").is_empty());
+    assert!(r.poll_outbox(ALL).expect("poll").is_empty());
+    db.execute("INSERT INTO todos VALUES (3, 'three', 0, 1)", [])
+        .expect("insert");
+    let groups = r.poll_outbox(ALL).expect("poll");
+    assert_eq!(groups.len(), 1);
+    assert_eq!(r.poll_outbox(ALL).expect("poll again"), groups);
+    // Server data committed by the replica itself does not hide a write.
+    server_state(&mut r, 20, &[], &[ONE, TWO]);
+    db.execute("UPDATE todos SET title = 'uno' WHERE id = 1", [])
+        .expect("update");
+    assert_eq!(r.poll_outbox(ALL).expect("poll").len(), 2);
+}
