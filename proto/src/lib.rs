@@ -12,6 +12,14 @@ pub mod v1 {
     tonic::include_proto!("outpost.v1");
 }
 
+/// The service's side of `outpost.v1.Sync`, whose stream sends
+/// [`frame::SyncFrame`]s (same routes, same wire format).
+#[allow(clippy::all, missing_docs)]
+pub mod framed {
+    include!(concat!(env!("OUT_DIR"), "/outpost.v1.Sync.rs"));
+}
+
+pub mod frame;
 mod row;
 
 pub use row::{bucket_checksum_add, bucket_checksum_sub, key_string, row_hash};

@@ -32,6 +32,7 @@
 //! answer was not recorded are sent again by the next run.
 
 mod backoff;
+mod stream;
 mod upload;
 mod writer;
 
@@ -40,14 +41,20 @@ use crate::{ClientError, WriteStatus, format_lsn};
 use backoff::Backoff;
 use outpost_proto::v1::sync_client::SyncClient;
 use outpost_proto::v1::sync_response::Message;
-use outpost_proto::v1::{GroupResult, ShapeRequest, SyncRequest, SyncResponse};
+use outpost_proto::v1::{GroupResult, ShapeRequest, SyncRequest};
 use std::path::PathBuf;
 use std::time::Duration;
+use stream::Incoming;
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::Code;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Endpoint;
 use writer::Writer;
+
+/// HTTP/2 receive windows: how much the service may send ahead of what the
+/// client has read.
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
 /// The largest message accepted from the service.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -291,6 +298,10 @@ fn endpoint(opts: &SyncOptions) -> Result<Endpoint, ClientError> {
     Ok(endpoint
         .connect_timeout(opts.connect_timeout)
         .tcp_nodelay(true)
+        // HTTP/2's default 64 KiB windows make a large download wait for a
+        // window update every 64 KiB; these let a whole data batch travel.
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true))
@@ -386,7 +397,7 @@ impl Run<'_> {
                 error_chain(&e)
             ))
         })?;
-        let mut client = SyncClient::new(channel)
+        let client = SyncClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let client_id = state.client_id.clone();
@@ -404,7 +415,9 @@ impl Run<'_> {
         request
             .metadata_mut()
             .insert("authorization", self.auth.clone());
-        let mut stream = client.sync(request).await.map_err(classify)?.into_inner();
+        let mut stream = stream::open(channel, request, MAX_MESSAGE_BYTES)
+            .await
+            .map_err(classify)?;
         tracing::info!(server = %self.opts.server, "sync stream open");
         self.emit(SyncEvent::Connected);
 
@@ -448,9 +461,22 @@ impl Run<'_> {
     /// Applies one stream message; returns whether it completed a checkpoint.
     async fn apply(
         &mut self,
-        response: SyncResponse,
+        incoming: Incoming,
         stream_state: &mut StreamState,
     ) -> Result<bool, Stop> {
+        let response = match incoming {
+            Incoming::Data { encoded, ops } => {
+                self.summary.rows_received += ops;
+                stream_state.rows_pending += ops;
+                stream_state.in_checkpoint = true;
+                self.writer.data_encoded(encoded).await?;
+                self.emit(SyncEvent::Progress {
+                    rows_pending: stream_state.rows_pending,
+                });
+                return Ok(false);
+            }
+            Incoming::Message(response) => response,
+        };
         let Some(message) = response.message else {
             tracing::debug!("ignoring an empty or unknown message from the service");
             return Ok(false);

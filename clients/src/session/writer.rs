@@ -16,9 +16,12 @@
 
 use crate::ClientError;
 use crate::replica::{CheckpointOutcome, PreparedBatch, Replica, UploadLimits, WriteOutcome};
+use outpost_proto::v1::sync_response::Message;
 use outpost_proto::v1::{
-    BucketCursor, BucketReset, Checkpoint, DataBatch, GroupResult, OpGroup, Schema,
+    BucketCursor, BucketReset, Checkpoint, DataBatch, GroupResult, OpGroup, Schema, SyncResponse,
 };
+use prost::Message as _;
+use prost::bytes::Bytes;
 use std::path::PathBuf;
 use tokio::sync::{mpsc, oneshot};
 
@@ -64,6 +67,11 @@ enum Command {
     Backlog(Reply<(u64, u64)>),
     /// Closes the replica and answers once the file is closed.
     Close(oneshot::Sender<()>),
+    /// A data batch as it arrived (an encoded `SyncResponse`): the decode
+    /// stage turns it into `Data`, or `Undecodable`.
+    Encoded(Bytes),
+    /// A data batch that could not be decoded: fails the checkpoint.
+    Undecodable(ClientError),
 }
 
 /// A handle on the writer thread.
@@ -78,14 +86,20 @@ fn gone() -> ClientError {
 impl Writer {
     /// Opens the replica on a new thread.
     pub(crate) async fn start(path: PathBuf) -> Result<Self, ClientError> {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, decode_rx) = mpsc::channel(QUEUE);
+        let (decoded_tx, rx) = mpsc::channel(QUEUE);
+        let (spent_tx, spent_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("outpost-decode".into())
+            .spawn(move || decode_stage(decode_rx, decoded_tx, spent_rx))
+            .map_err(|e| ClientError::Writer(format!("cannot start the decode thread: {e}")))?;
         let (opened_tx, opened_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("outpost-replica".into())
             .spawn(move || match Replica::open(&path) {
                 Ok(replica) => {
                     let _ = opened_tx.send(Ok(()));
-                    run(replica, rx);
+                    run(replica, rx, spent_tx);
                 }
                 Err(e) => {
                     let _ = opened_tx.send(Err(e));
@@ -108,6 +122,13 @@ impl Writer {
     /// thread (so the replica thread only writes).
     pub(crate) async fn data(&self, batch: DataBatch) -> Result<(), ClientError> {
         self.send(Command::Data(PreparedBatch::new(batch))).await
+    }
+
+    /// Queues a data batch as it arrived (an encoded `SyncResponse`); it is
+    /// decoded and prepared on the decode thread, in order with everything
+    /// else.
+    pub(crate) async fn data_encoded(&self, encoded: Bytes) -> Result<(), ClientError> {
+        self.send(Command::Encoded(encoded)).await
     }
 
     pub(crate) async fn reset(&self, reset: BucketReset) -> Result<(), ClientError> {
@@ -167,15 +188,66 @@ impl Writer {
     }
 }
 
-fn run(mut replica: Replica, mut rx: mpsc::Receiver<Command>) {
+/// Decodes and prepares data batches that arrived encoded, passing every
+/// command on in order: decoding a large batch costs about as much as
+/// writing it, so the two overlap on separate threads.
+///
+/// Applied batches come back through `spent` to be freed here: their memory
+/// was allocated on this thread, and freeing it on the replica thread costs
+/// that thread a tenth of its time.
+fn decode_stage(
+    mut rx: mpsc::Receiver<Command>,
+    tx: mpsc::Sender<Command>,
+    spent: std::sync::mpsc::Receiver<PreparedBatch>,
+) {
+    while let Some(command) = rx.blocking_recv() {
+        while let Ok(batch) = spent.try_recv() {
+            drop(batch);
+        }
+        let command = match command {
+            Command::Encoded(bytes) => match SyncResponse::decode(bytes.as_ref()) {
+                Ok(SyncResponse {
+                    message: Some(Message::Data(batch)),
+                }) => Command::Data(PreparedBatch::new(batch)),
+                Ok(_) => Command::Undecodable(ClientError::Protocol(
+                    "a data batch from the service holds something else".into(),
+                )),
+                Err(e) => Command::Undecodable(ClientError::Protocol(format!(
+                    "a data batch from the service is damaged: {e}"
+                ))),
+            },
+            other => other,
+        };
+        if tx.blocking_send(command).is_err() {
+            return;
+        }
+    }
+}
+
+fn run(
+    mut replica: Replica,
+    mut rx: mpsc::Receiver<Command>,
+    spent: std::sync::mpsc::Sender<PreparedBatch>,
+) {
     // The first error since the last checkpoint; later data is skipped.
     let mut failed: Option<ClientError> = None;
     while let Some(command) = rx.blocking_recv() {
         let applied = match command {
             Command::Schema(schema) if failed.is_none() => replica.apply_schema(&schema),
-            Command::Data(batch) if failed.is_none() => replica.apply_data(&batch).map(|_| ()),
+            Command::Data(batch) if failed.is_none() => {
+                let applied = replica.apply_data(&batch).map(|_| ());
+                // Freed on the thread that allocated it (or here, when that
+                // thread is gone).
+                let _ = spent.send(batch);
+                applied
+            }
             Command::Reset(reset) if failed.is_none() => replica.apply_reset(&reset),
             Command::Schema(_) | Command::Data(_) | Command::Reset(_) => Ok(()),
+            Command::Undecodable(e) => Err(e),
+            // Decoded by the decode stage before it reaches this thread.
+            Command::Encoded(_) => Err(ClientError::Writer(
+                "an encoded batch skipped the decode stage".into(),
+            )),
             Command::Checkpoint(checkpoint, answers, reply) => {
                 let outcome = match failed.take() {
                     Some(e) => Err(e),

@@ -83,12 +83,17 @@ pub async fn run(id: &str, backlog: Backlog) -> anyhow::Result<Vec<Figure>> {
     let rss_before = rss_bytes();
     let started = Instant::now();
     let service = outpost::service::start(bench.config(&data_dir)).await?;
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
+    // RSS over time: whole-transaction buffering would show as growth in
+    // the second half of the drain as much as in the first.
+    let samples = std::sync::Arc::new(std::sync::Mutex::new(vec![(0.0f64, rss_before)]));
     let sampler = {
-        let peak = peak.clone();
+        let samples = samples.clone();
         tokio::spawn(async move {
             loop {
-                peak.fetch_max(rss_bytes(), std::sync::atomic::Ordering::Relaxed);
+                let at = started.elapsed().as_secs_f64();
+                if let Ok(mut s) = samples.lock() {
+                    s.push((at, rss_bytes()));
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -96,9 +101,17 @@ pub async fn run(id: &str, backlog: Backlog) -> anyhow::Result<Vec<Figure>> {
     let done = wait_durable(&data_dir, target, Duration::from_secs(1800)).await?;
     let outpost_secs = (done - started).as_secs_f64();
     sampler.abort();
-    let peak = peak
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .max(rss_bytes());
+    let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let peak_until = |until: f64| {
+        samples
+            .iter()
+            .filter(|(at, _)| *at <= until)
+            .map(|(_, rss)| *rss)
+            .max()
+            .unwrap_or(rss_before)
+    };
+    let peak = peak_until(f64::MAX).max(rss_bytes());
+    let first_half = peak_until(outpost_secs / 2.0);
     service.shutdown().await?;
     let position = store_position(&data_dir).map(|p| p.1).unwrap_or_default();
 
@@ -140,6 +153,11 @@ pub async fn run(id: &str, backlog: Backlog) -> anyhow::Result<Vec<Figure>> {
             &format!("{id}-rss"),
             "service RSS growth while draining, MB",
             peak.saturating_sub(rss_before) as f64 / 1e6,
+        ));
+        figures.push(Figure::info(
+            &format!("{id}-rss2"),
+            "of which in the second half of the drain, MB (flat: ~0)",
+            peak.saturating_sub(first_half) as f64 / 1e6,
         ));
     }
     eprintln!("{id}: store reached {position}");

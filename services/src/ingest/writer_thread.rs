@@ -255,6 +255,14 @@ fn run(
                 // Transactions that committed before the consistent point are
                 // in the snapshot; the slot streams only later ones.
                 store.mark_commit(Lsn(consistent_point.0.saturating_sub(1)), consistent_point);
+                store.commit()?;
+                let started = Instant::now();
+                store.truncate_wal()?;
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "store log emptied after the snapshot"
+                );
+                // Publishes the committed snapshot.
                 commit(&mut store, &mut opened_at, &mut ops_in_txn)?;
             }
         }

@@ -13,10 +13,15 @@ mod sync;
 pub use fanout::Fanout;
 pub use sync::{SyncContext, SyncService};
 
-use outpost_proto::v1::sync_server::SyncServer;
+use outpost_proto::framed::sync_server::SyncServer;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+
+/// HTTP/2 receive windows: how much a client may send ahead of what the
+/// service has read.
+const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
 
 /// Largest message the service sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -48,6 +53,9 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Large receive windows for uploads (HTTP/2 defaults to 64 KiB).
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection)

@@ -27,12 +27,12 @@ mod live;
 
 use super::sync::SyncContext;
 use crate::store::{ReadTxn, StoreError};
+use outpost_proto::frame::{DataFrame, SyncFrame};
 use outpost_proto::v1::sync_response::Message;
 use outpost_proto::v1::{
-    BucketChecksum, BucketCursor, BucketReset, Checkpoint, ColumnSchema, DataBatch, Keepalive,
-    RowOp, Schema, ShapeRequest, SyncRequest, SyncResponse, TableSchema,
+    BucketChecksum, BucketCursor, BucketReset, Checkpoint, ColumnSchema, Keepalive, Schema,
+    ShapeRequest, SyncRequest, SyncResponse, TableSchema,
 };
-use prost::Message as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -52,7 +52,7 @@ pub(super) struct SessionStart {
 pub(super) struct Session {
     ctx: Arc<SyncContext>,
     start: SessionStart,
-    tx: mpsc::Sender<Result<SyncResponse, Status>>,
+    tx: mpsc::Sender<Result<SyncFrame, Status>>,
 }
 
 /// The client went away (or was sent an error): stop quietly.
@@ -65,8 +65,8 @@ impl From<StoreError> for Gone {
     }
 }
 
-fn msg(m: Message) -> Result<SyncResponse, Status> {
-    Ok(SyncResponse { message: Some(m) })
+fn msg(m: Message) -> Result<SyncFrame, Status> {
+    Ok(SyncFrame::message(&SyncResponse { message: Some(m) }))
 }
 
 /// Why a request cannot be served, before anything is sent.
@@ -89,7 +89,7 @@ impl Session {
     pub(super) fn new(
         ctx: Arc<SyncContext>,
         start: SessionStart,
-        tx: mpsc::Sender<Result<SyncResponse, Status>>,
+        tx: mpsc::Sender<Result<SyncFrame, Status>>,
     ) -> Self {
         Session { ctx, start, tx }
     }
@@ -225,7 +225,7 @@ async fn read_store(
     ctx: &Arc<SyncContext>,
     state: BucketSet,
     last_sent_lsn: u64,
-    tx: &mpsc::Sender<Result<SyncResponse, Status>>,
+    tx: &mpsc::Sender<Result<SyncFrame, Status>>,
 ) -> Result<((u64, u64), BucketSet), Gone> {
     let _permit = ctx.store_reads.acquire().await.map_err(|_| Gone)?;
     let ctx2 = ctx.clone();
@@ -352,7 +352,7 @@ fn catch_up(
     ctx: &SyncContext,
     set: &mut BucketSet,
     last_lsn: u64,
-    tx: &mpsc::Sender<Result<SyncResponse, Status>>,
+    tx: &mpsc::Sender<Result<SyncFrame, Status>>,
 ) -> Result<(u64, u64), Gone> {
     let send = |m: Message| tx.blocking_send(msg(m)).map_err(|_| Gone);
     let checkpoint = txn.checkpoint()?;
@@ -387,21 +387,13 @@ fn catch_up(
         }
         let changed = info.last_op_id > from;
         if changed {
-            let mut batch: Vec<RowOp> = Vec::new();
-            let mut bytes = 0usize;
+            let mut batch = DataFrame::new(bucket);
             let mut failed = false;
-            txn.ops_since(bucket, from, |op| {
-                bytes += op.encoded_len();
-                batch.push(op);
-                if batch.len() >= ctx.batch_ops || bytes >= BATCH_BYTES {
-                    let ops = std::mem::take(&mut batch);
-                    bytes = 0;
-                    if send(Message::Data(DataBatch {
-                        bucket: bucket.clone(),
-                        ops,
-                    }))
-                    .is_err()
-                    {
+            txn.encoded_ops_since(bucket, from, |op_id, op| {
+                batch.push_encoded(op_id, op);
+                if batch.len() >= ctx.batch_ops || batch.bytes() >= BATCH_BYTES {
+                    let full = std::mem::replace(&mut batch, DataFrame::new(bucket));
+                    if tx.blocking_send(Ok(full.finish())).is_err() {
                         failed = true;
                         return false;
                     }
@@ -412,10 +404,7 @@ fn catch_up(
                 return Err(Gone);
             }
             if !batch.is_empty() {
-                send(Message::Data(DataBatch {
-                    bucket: bucket.clone(),
-                    ops: batch,
-                }))?;
+                tx.blocking_send(Ok(batch.finish())).map_err(|_| Gone)?;
             }
         }
         if full || changed || from != cursor {

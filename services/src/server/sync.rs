@@ -7,8 +7,9 @@ use crate::auth::Authenticator;
 use crate::schema::{CompiledSchema, MergeKind};
 use crate::store::ReaderPool;
 use crate::writes::{Applier, WriteError, check_request};
-use outpost_proto::v1::sync_server::Sync as SyncApi;
-use outpost_proto::v1::{SyncRequest, SyncResponse, WriteRequest, WriteResponse};
+use outpost_proto::frame::SyncFrame;
+use outpost_proto::framed::sync_server::Sync as SyncApi;
+use outpost_proto::v1::{SyncRequest, WriteRequest, WriteResponse};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +81,7 @@ fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
 
 #[tonic::async_trait]
 impl SyncApi for SyncService {
-    type SyncStream = ReceiverStream<Result<SyncResponse, Status>>;
+    type SyncStream = ReceiverStream<Result<SyncFrame, Status>>;
 
     async fn sync(
         &self,

@@ -129,6 +129,31 @@ impl ReadTxn<'_> {
         Ok(info.unwrap_or_default())
     }
 
+    /// As [`ReadTxn::ops_since`], with each op as the store holds it: its
+    /// id and its encoding without the id (see `outpost_proto::frame`).
+    pub fn encoded_ops_since(
+        &self,
+        bucket: &str,
+        cursor: u64,
+        mut f: impl FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT op_id, kind, op FROM bucket_ops WHERE bucket = ?1 AND op_id > ?2 ORDER BY op_id",
+        )?;
+        let mut rows = stmt.query(rusqlite::params![bucket, cursor as i64])?;
+        while let Some(row) = rows.next()? {
+            if cursor == 0 && row.get::<_, i64>(1)? == KIND_REMOVE {
+                continue;
+            }
+            let op_id = row.get::<_, i64>(0)? as u64;
+            let bytes = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+            if !f(op_id, bytes) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Calls `f` with every op of `bucket` after `cursor`, in op id order.
     /// From cursor zero removes are skipped (the client holds nothing).
     /// Stops early when `f` returns false.

@@ -309,6 +309,21 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// Copies the write-ahead log into the database file and empties it.
+    /// After a snapshot load the log holds the whole content: readers would
+    /// look every page up in it, and the next commits would copy it back
+    /// while streams read. Readers that hold a snapshot keep what they
+    /// need; the log is then emptied later, as usual.
+    pub fn truncate_wal(&mut self) -> Result<(), StoreError> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            tracing::debug!("readers kept the store's log from being emptied");
+        }
+        Ok(())
+    }
+
     pub(super) fn next_op_id(&mut self) -> u64 {
         self.state.last_op_id += 1;
         self.state.last_op_id

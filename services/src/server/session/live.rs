@@ -19,29 +19,30 @@ use super::{BATCH_BYTES, BucketSet, Gone, msg};
 use crate::ingest::Since;
 use crate::server::sync::SyncContext;
 use crate::store::BucketChange;
+use outpost_proto::frame::{DataFrame, SyncFrame};
 use outpost_proto::v1::sync_response::Message;
-use outpost_proto::v1::{BucketChecksum, Checkpoint, DataBatch, RowOp, SyncResponse};
-use prost::Message as _;
+use outpost_proto::v1::{BucketChecksum, Checkpoint};
 use std::collections::{BTreeMap, HashSet};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-/// The ops of one bucket to send, and its summary after them.
-struct Pending {
-    ops: Vec<RowOp>,
+/// The ops of one bucket to send (each op's id and stored encoding), and
+/// the bucket's summary after them.
+struct Pending<'a> {
+    ops: Vec<(u64, &'a [u8])>,
     checksum: u64,
     count: u64,
 }
 
 /// What the commits past the stream's position bring it, or `None` when
 /// the store must be read instead.
-fn collect(
-    since: &Since,
+fn collect<'a>(
+    since: &'a Since,
     set: &BucketSet,
     epoch: &str,
     member_keys: &HashSet<(usize, String)>,
-) -> Option<BTreeMap<String, Pending>> {
-    let mut out: BTreeMap<String, Pending> = BTreeMap::new();
+) -> Option<BTreeMap<&'a str, Pending<'a>>> {
+    let mut out: BTreeMap<&str, Pending> = BTreeMap::new();
     for commit in since.commits.iter().chain(std::iter::once(&since.latest)) {
         if &*commit.epoch != epoch {
             return None;
@@ -79,7 +80,7 @@ fn collect(
             if touched.ops_dropped {
                 return None;
             }
-            let pending = out.entry(bucket.clone()).or_insert_with(|| Pending {
+            let pending = out.entry(bucket.as_str()).or_insert_with(|| Pending {
                 ops: Vec::new(),
                 checksum: 0,
                 count: 0,
@@ -89,9 +90,7 @@ fn collect(
                 if cursor == 0 && op.remove {
                     continue;
                 }
-                let mut row_op = RowOp::decode(op.op.as_slice()).ok()?;
-                row_op.op_id = op.op_id;
-                pending.ops.push(row_op);
+                pending.ops.push((op.op_id, op.op.as_slice()));
             }
             pending.checksum = change.checksum;
             pending.count = change.count;
@@ -110,7 +109,7 @@ pub(super) async fn catch_up(
     last_lsn: u64,
     epoch: &str,
     member_keys: &HashSet<(usize, String)>,
-    tx: &mpsc::Sender<Result<SyncResponse, Status>>,
+    tx: &mpsc::Sender<Result<SyncFrame, Status>>,
 ) -> Result<Option<(u64, u64)>, Gone> {
     let Some(since) = ctx.fanout.recent().since_op(at_op) else {
         return Ok(None);
@@ -122,36 +121,19 @@ pub(super) async fn catch_up(
     let lsn = since.latest.durable_lsn.0;
     let mut listed = Vec::with_capacity(pending.len());
     for (bucket, p) in pending {
-        let mut batch = Vec::new();
-        let mut bytes = 0usize;
-        for op in p.ops {
-            bytes += op.encoded_len();
-            batch.push(op);
-            if batch.len() >= ctx.batch_ops || bytes >= BATCH_BYTES {
-                let ops = std::mem::take(&mut batch);
-                bytes = 0;
-                send(
-                    tx,
-                    Message::Data(DataBatch {
-                        bucket: bucket.clone(),
-                        ops,
-                    }),
-                )
-                .await?;
+        let mut batch = DataFrame::new(bucket);
+        for (op_id, op) in p.ops {
+            batch.push_encoded(op_id, op);
+            if batch.len() >= ctx.batch_ops || batch.bytes() >= BATCH_BYTES {
+                let full = std::mem::replace(&mut batch, DataFrame::new(bucket));
+                tx.send(Ok(full.finish())).await.map_err(|_| Gone)?;
             }
         }
         if !batch.is_empty() {
-            send(
-                tx,
-                Message::Data(DataBatch {
-                    bucket: bucket.clone(),
-                    ops: batch,
-                }),
-            )
-            .await?;
+            tx.send(Ok(batch.finish())).await.map_err(|_| Gone)?;
         }
         listed.push(BucketChecksum {
-            bucket,
+            bucket: bucket.to_string(),
             checksum: p.checksum,
             count: p.count,
         });
@@ -174,6 +156,6 @@ pub(super) async fn catch_up(
     Ok(Some((op_id, lsn)))
 }
 
-async fn send(tx: &mpsc::Sender<Result<SyncResponse, Status>>, m: Message) -> Result<(), Gone> {
+async fn send(tx: &mpsc::Sender<Result<SyncFrame, Status>>, m: Message) -> Result<(), Gone> {
     tx.send(msg(m)).await.map_err(|_| Gone)
 }
