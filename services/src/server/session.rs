@@ -230,7 +230,7 @@ async fn read_store(
     let _permit = ctx.store_reads.acquire().await.map_err(|_| Gone)?;
     let ctx2 = ctx.clone();
     let tx2 = tx.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         ctx2.readers.read(|txn| {
             let mut state = state;
             let sent = catch_up(txn, &ctx2, &mut state, last_sent_lsn, &tx2);
@@ -238,8 +238,7 @@ async fn read_store(
         })
     })
     .await
-    .map_err(|_| Gone)??;
-    result
+    .map_err(|_| Gone)??
 }
 
 /// The buckets a stream holds and where the client is in each.
