@@ -4,6 +4,7 @@
 //! ```text
 //! pgoutput Insert/Update/Delete/Truncate ──▶ RowChanges ──▶ mirror + bucket_ops
 //!                                  (route old and new versions by shape)
+//! store commit ──▶ RecentCommits (what it wrote, in memory) ──▶ Progress
 //! ```
 //!
 //! Invariants:

@@ -4,7 +4,10 @@
 //!
 //! Each `Sync` call gets its own task and a bounded channel (see
 //! [`session`]): a slow client applies back-pressure to its own task only,
-//! and a client that goes away is noticed when the channel closes.
+//! and a client that goes away is noticed when the channel closes. The
+//! stream carries responses the session encoded itself
+//! (`outpost_proto::frame`): data batches are assembled from the op
+//! encodings the store keeps, never decoded and encoded again.
 
 mod fanout;
 mod session;

@@ -9,9 +9,15 @@
 //! buckets that left it (`removed`) and sends the buckets that entered it
 //! whole, before the data and the checkpoint of that same snapshot.
 //!
+//! Live changes usually come from memory ([`live`]): the ops the store's
+//! recent commits wrote to the stream's buckets, with the summaries after
+//! them. The store is read (on a blocking thread, a bounded number at once)
+//! for the first catch-up, when the user's memberships changed, and when
+//! the recent commits no longer cover the stream's position.
+//!
 //! Invariants:
 //! - Data, resets and the checkpoint that closes them come from one store
-//!   read snapshot, so the client's state after applying them is one
+//!   read snapshot, or from consecutive recent commits, so the client's state after applying them is one
 //!   Postgres had — including which buckets the user may hold: a client
 //!   never holds, at a checkpoint, a bucket its memberships at that
 //!   checkpoint do not grant.
