@@ -88,7 +88,7 @@ impl Writer {
     pub(crate) async fn start(path: PathBuf) -> Result<Self, ClientError> {
         let (tx, decode_rx) = mpsc::channel(QUEUE);
         let (decoded_tx, rx) = mpsc::channel(QUEUE);
-        let (spent_tx, spent_rx) = std::sync::mpsc::channel();
+        let (spent_tx, spent_rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("outpost-decode".into())
             .spawn(move || decode_stage(decode_rx, decoded_tx, spent_rx))
@@ -198,36 +198,47 @@ impl Writer {
 fn decode_stage(
     mut rx: mpsc::Receiver<Command>,
     tx: mpsc::Sender<Command>,
-    spent: std::sync::mpsc::Receiver<PreparedBatch>,
+    mut spent: mpsc::UnboundedReceiver<PreparedBatch>,
 ) {
-    while let Some(command) = rx.blocking_recv() {
-        while let Ok(batch) = spent.try_recv() {
-            drop(batch);
+    futures::executor::block_on(async move {
+        loop {
+            tokio::select! {
+                biased;
+                Some(batch) = spent.recv() => drop(batch),
+                command = rx.recv() => {
+                    let Some(command) = command else { return };
+                    if tx.send(decode(command)).await.is_err() {
+                        return;
+                    }
+                }
+            }
         }
-        let command = match command {
-            Command::Encoded(bytes) => match SyncResponse::decode(bytes.as_ref()) {
-                Ok(SyncResponse {
-                    message: Some(Message::Data(batch)),
-                }) => Command::Data(PreparedBatch::new(batch)),
-                Ok(_) => Command::Undecodable(ClientError::Protocol(
-                    "a data batch from the service holds something else".into(),
-                )),
-                Err(e) => Command::Undecodable(ClientError::Protocol(format!(
-                    "a data batch from the service is damaged: {e}"
-                ))),
-            },
-            other => other,
-        };
-        if tx.blocking_send(command).is_err() {
-            return;
-        }
+    });
+}
+
+/// A command as the replica thread takes it: an encoded batch decoded and
+/// prepared, anything else as it is.
+fn decode(command: Command) -> Command {
+    match command {
+        Command::Encoded(bytes) => match SyncResponse::decode(bytes.as_ref()) {
+            Ok(SyncResponse {
+                message: Some(Message::Data(batch)),
+            }) => Command::Data(PreparedBatch::new(batch)),
+            Ok(_) => Command::Undecodable(ClientError::Protocol(
+                "a data batch from the service holds something else".into(),
+            )),
+            Err(e) => Command::Undecodable(ClientError::Protocol(format!(
+                "a data batch from the service is damaged: {e}"
+            ))),
+        },
+        other => other,
     }
 }
 
 fn run(
     mut replica: Replica,
     mut rx: mpsc::Receiver<Command>,
-    spent: std::sync::mpsc::Sender<PreparedBatch>,
+    spent: mpsc::UnboundedSender<PreparedBatch>,
 ) {
     // The first error since the last checkpoint; later data is skipped.
     let mut failed: Option<ClientError> = None;
