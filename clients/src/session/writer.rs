@@ -254,7 +254,9 @@ fn run(
             }
             Command::Reset(reset) if failed.is_none() => replica.apply_reset(&reset),
             Command::Schema(_) | Command::Data(_) | Command::Reset(_) => Ok(()),
-            Command::Undecodable(e) => Err(e),
+            // The first error since the checkpoint is the one reported.
+            Command::Undecodable(e) if failed.is_none() => Err(e),
+            Command::Undecodable(_) => Ok(()),
             // Decoded by the decode stage before it reaches this thread.
             Command::Encoded(_) => Err(ClientError::Writer(
                 "an encoded batch skipped the decode stage".into(),

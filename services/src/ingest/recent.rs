@@ -10,7 +10,7 @@
 //!   published: whoever sees a publication finds its entry here, unless it
 //!   was already dropped.
 //! - The oldest entries are dropped first, once there are more than
-//!   [`MAX_ENTRIES`] or they hold more than [`MAX_OP_BYTES`] of ops. A reader
+//!   [`MAX_ENTRIES`] or they hold more than [`MAX_BYTES`]. A reader
 //!   asking for commits that are no longer all here gets `None` and reads
 //!   the store: never a gap.
 //! - Op ids only grow from one entry to the next; `op_id_before` of an entry
@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Most entries kept: a few seconds of commits on a busy store.
 const MAX_ENTRIES: usize = 4096;
-/// Most op bytes kept over all entries.
-const MAX_OP_BYTES: usize = 64 << 20;
+/// Most memory kept over all entries (as [`Touched::bytes`] counts it).
+const MAX_BYTES: usize = 64 << 20;
 
 /// One publication of the writer and what its commit changed.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ pub struct Commit {
 #[derive(Debug, Default)]
 struct Inner {
     entries: VecDeque<Arc<Commit>>,
-    op_bytes: usize,
+    bytes: usize,
 }
 
 /// The recent commits of one store.
@@ -77,15 +77,15 @@ impl RecentCommits {
             .is_some_and(|last| last.seq + 1 != commit.seq)
         {
             inner.entries.clear();
-            inner.op_bytes = 0;
+            inner.bytes = 0;
         }
-        inner.op_bytes += commit.touched.op_bytes;
+        inner.bytes += commit.touched.bytes();
         inner.entries.push_back(Arc::new(commit));
         while inner.entries.len() > MAX_ENTRIES
-            || (inner.op_bytes > MAX_OP_BYTES && inner.entries.len() > 1)
+            || (inner.bytes > MAX_BYTES && inner.entries.len() > 1)
         {
             if let Some(old) = inner.entries.pop_front() {
-                inner.op_bytes -= old.touched.op_bytes;
+                inner.bytes -= old.touched.bytes();
             }
         }
     }

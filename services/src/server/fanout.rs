@@ -228,11 +228,14 @@ impl Fanout {
     }
 
     /// Signals the streams a publication concerns, then publishes the
-    /// dispatched position. `gap`: publications were missed.
+    /// dispatched position, under the index lock: a stream that adds
+    /// buckets ([`Registration::set_buckets`]) is either in the index before
+    /// the signals or sees the new position after, never neither.
+    /// `gap`: publications were missed.
     fn dispatch(&self, p: &Progress, gap: bool) {
         let epoch_changed = self.dispatched.borrow().epoch != p.epoch;
+        let mut index = self.index();
         {
-            let mut index = self.index();
             if gap || epoch_changed {
                 for entry in index.streams.values() {
                     entry.signal.touch();
@@ -262,6 +265,7 @@ impl Fanout {
             durable_lsn: p.durable_lsn.0,
             closed: false,
         });
+        drop(index);
     }
 
     /// Signals the streams the publications after `seq` and before
@@ -388,13 +392,14 @@ mod tests {
             op_id,
             durable_lsn: Lsn(op_id * 10),
             seq,
-            touched: Arc::new(Touched {
-                buckets: buckets
+            touched: Arc::new({
+                let mut t = Touched::default();
+                t.buckets = buckets
                     .iter()
                     .map(|b| (b.to_string(), Default::default()))
-                    .collect(),
-                members: members.iter().map(|(m, k)| (*m, k.to_string())).collect(),
-                ..Touched::default()
+                    .collect();
+                t.members = members.iter().map(|(m, k)| (*m, k.to_string())).collect();
+                t
             }),
             ..Progress::default()
         }

@@ -44,6 +44,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+/// How long a catch-up from the store waits for a client to take a message.
+const SLOW_CLIENT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Byte budget of one `DataBatch` (the encoded ops).
 const BATCH_BYTES: usize = 1 << 20;
 
@@ -183,7 +185,8 @@ impl Session {
                 let (op_id, lsn) = match from_memory {
                     Some(sent) => sent,
                     None => {
-                        let (sent, next) = read_store(&ctx, state, last_sent_lsn, &tx).await?;
+                        let (sent, next) =
+                            read_store(&ctx, state, last_sent_lsn, &store_epoch, &tx).await?;
                         state = next;
                         registration.set_buckets(&state.held, sent.0);
                         sent
@@ -231,20 +234,44 @@ async fn read_store(
     ctx: &Arc<SyncContext>,
     state: BucketSet,
     last_sent_lsn: u64,
+    epoch: &str,
     tx: &mpsc::Sender<Result<SyncFrame, Status>>,
 ) -> Result<((u64, u64), BucketSet), Gone> {
     let _permit = ctx.store_reads.acquire().await.map_err(|_| Gone)?;
     let ctx2 = ctx.clone();
     let tx2 = tx.clone();
+    let epoch = epoch.to_string();
     tokio::task::spawn_blocking(move || {
         ctx2.readers.read(|txn| {
             let mut state = state;
-            let sent = catch_up(txn, &ctx2, &mut state, last_sent_lsn, &tx2);
+            let sent = catch_up(txn, &ctx2, &mut state, last_sent_lsn, &epoch, &tx2);
             Ok(sent.map(|s| (s, state)))
         })
     })
     .await
     .map_err(|_| Gone)??
+}
+
+/// Sends from a store read (a blocking thread). A client that takes nothing
+/// for [`SLOW_CLIENT`] (a suspended app, say) is given up on: the read holds
+/// a store snapshot and one of the bounded store-read permits, which other
+/// streams wait for. The client reconnects and resumes from its cursors.
+fn send_or_give_up(
+    tx: &mpsc::Sender<Result<SyncFrame, Status>>,
+    item: Result<SyncFrame, Status>,
+) -> Result<(), Gone> {
+    let sent = tokio::runtime::Handle::current().block_on(tx.send_timeout(item, SLOW_CLIENT));
+    match sent {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+            tracing::info!(
+                timeout_s = SLOW_CLIENT.as_secs(),
+                "a client took nothing during a catch-up; closing its stream"
+            );
+            Err(Gone)
+        }
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Gone),
+    }
 }
 
 /// The buckets a stream holds and where the client is in each.
@@ -357,16 +384,27 @@ fn catch_up(
     ctx: &SyncContext,
     set: &mut BucketSet,
     last_lsn: u64,
+    epoch: &str,
     tx: &mpsc::Sender<Result<SyncFrame, Status>>,
 ) -> Result<(u64, u64), Gone> {
-    let send = |m: Message| tx.blocking_send(msg(m)).map_err(|_| Gone);
+    let send = |m: Message| send_or_give_up(tx, msg(m));
     let checkpoint = txn.checkpoint()?;
+    if checkpoint.epoch != epoch {
+        // Rebuilt since the stream started: its cursors mean nothing here.
+        let _ = send_or_give_up(
+            tx,
+            Err(Status::unavailable(
+                "the service rebuilt its store; reconnect",
+            )),
+        );
+        return Err(Gone);
+    }
     let full = set.resolved_at.is_none();
     let resets = match resolve(txn, ctx, set, checkpoint.op_id) {
         Ok(resets) => resets,
         Err(Ok(status)) => {
             tracing::info!(%status, "sync stream refused");
-            let _ = tx.blocking_send(Err(status));
+            let _ = send_or_give_up(tx, Err(status));
             return Err(Gone);
         }
         Err(Err(e)) => return Err(e.into()),
@@ -398,7 +436,7 @@ fn catch_up(
                 batch.push_encoded(op_id, op);
                 if batch.len() >= ctx.batch_ops || batch.bytes() >= BATCH_BYTES {
                     let full = std::mem::replace(&mut batch, DataFrame::new(bucket));
-                    if tx.blocking_send(Ok(full.finish())).is_err() {
+                    if send_or_give_up(tx, Ok(full.finish())).is_err() {
                         failed = true;
                         return false;
                     }
@@ -409,7 +447,7 @@ fn catch_up(
                 return Err(Gone);
             }
             if !batch.is_empty() {
-                tx.blocking_send(Ok(batch.finish())).map_err(|_| Gone)?;
+                send_or_give_up(tx, Ok(batch.finish()))?;
             }
         }
         if full || changed || from != cursor {

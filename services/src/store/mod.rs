@@ -92,6 +92,9 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
     data_dir.join("outpost.db")
 }
 
+/// How long a connection waits for a lock another one holds.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The layout of the tables below; a store with an older one is rebuilt.
 const FORMAT: i64 = 2;
 
@@ -142,8 +145,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<rusqlite::Connection,
         source,
     };
     let conn = rusqlite::Connection::open_with_flags(path, flags).map_err(open_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))
-        .map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;

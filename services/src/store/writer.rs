@@ -85,7 +85,9 @@ pub struct Touched {
     /// summaries) say what changed.
     pub ops_dropped: bool,
     /// Bytes of the ops held.
-    pub op_bytes: usize,
+    op_bytes: usize,
+    /// About how much memory all of it takes (ops, bucket names, keys).
+    bytes: usize,
 }
 
 /// One bucket's part of a store commit.
@@ -110,18 +112,30 @@ pub struct ChangedOp {
     pub op: Vec<u8>,
 }
 
+/// What an entry of a map or a held op costs besides its own bytes, about.
+const ENTRY_OVERHEAD: usize = 64;
+
 impl Touched {
+    /// About how much memory this takes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     fn record_op(&mut self, bucket: &str, op_id: u64, remove: bool, op: &[u8]) {
         if !self.buckets.contains_key(bucket) {
+            self.bytes += bucket.len() + ENTRY_OVERHEAD;
             self.buckets
                 .insert(bucket.to_string(), BucketChange::default());
         }
         if self.ops_dropped {
             return;
         }
-        self.op_bytes += op.len() + bucket.len();
+        let cost = op.len() + ENTRY_OVERHEAD;
+        self.op_bytes += cost;
+        self.bytes += cost;
         if self.op_bytes > TOUCHED_OP_BYTES {
             self.ops_dropped = true;
+            self.bytes -= self.op_bytes;
             self.op_bytes = 0;
             for change in self.buckets.values_mut() {
                 change.ops = Vec::new();
@@ -315,10 +329,15 @@ impl StoreWriter {
     /// while streams read. Readers that hold a snapshot keep what they
     /// need; the log is then emptied later, as usual.
     pub fn truncate_wal(&mut self) -> Result<(), StoreError> {
-        let busy: i64 = self
+        // Readers are not waited for: what they still need stays.
+        self.conn.busy_timeout(std::time::Duration::ZERO)?;
+        let busy = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        if busy != 0 {
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        self.conn.busy_timeout(super::BUSY_TIMEOUT)?;
+        if busy? != 0 {
             tracing::debug!("readers kept the store's log from being emptied");
         }
         Ok(())
@@ -489,9 +508,13 @@ impl StoreWriter {
 
     /// Records that the entries of `(membership, user_key)` changed.
     pub(super) fn touched_member(&mut self, membership: usize, user_key: &str) {
-        self.touched
+        if self
+            .touched
             .members
-            .insert((membership, user_key.to_string()));
+            .insert((membership, user_key.to_string()))
+        {
+            self.touched.bytes += user_key.len() + ENTRY_OVERHEAD;
+        }
     }
 
     /// Rolls back the open store transaction, if any, and restores the state
@@ -502,8 +525,10 @@ impl StoreWriter {
         if self.in_txn {
             self.conn.execute_batch("ROLLBACK")?;
             self.in_txn = false;
+            // Op ids already handed out are never reused, not even after a
+            // restart: they are published with the progress that follows.
+            meta_set(&self.conn, "last_op_id", &self.state.last_op_id.to_string())?;
         }
-        // Op ids already handed out are never reused.
         self.state = committed_state(&self.conn, self.state.last_op_id)?;
         self.tombstones_maybe = tombstones_exist(&self.conn)?;
         Ok(())
