@@ -132,8 +132,9 @@ impl Session {
         // The membership keys of this user: a change to their entries can
         // change the bucket set.
         let member_keys = ctx.schema.selector_keys(&start.buckets);
-        let member_set: HashSet<(usize, String)> = member_keys.iter().cloned().collect();
-        let registration = ctx.fanout.register(&start.request.client_id, member_keys);
+        let registration = ctx
+            .fanout
+            .register(&start.request.client_id, member_keys.clone());
         let signal = registration.signal();
         let mut state = BucketSet {
             selectors: Arc::new(start.buckets),
@@ -175,7 +176,7 @@ impl Session {
                             last_sent_op,
                             last_sent_lsn,
                             &store_epoch,
-                            &member_set,
+                            &member_keys,
                             &tx,
                         )
                         .await?

@@ -18,11 +18,10 @@
 use super::{BATCH_BYTES, BucketSet, Gone, msg};
 use crate::ingest::Since;
 use crate::server::sync::SyncContext;
-use crate::store::BucketChange;
 use outpost_proto::frame::{DataFrame, SyncFrame};
 use outpost_proto::v1::sync_response::Message;
 use outpost_proto::v1::{BucketChecksum, Checkpoint};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -34,57 +33,17 @@ struct Pending<'a> {
     count: u64,
 }
 
-/// What the commits past the stream's position bring it, or `None` when
-/// the store must be read instead.
-fn collect<'a>(
-    since: &'a Since,
-    set: &BucketSet,
-    epoch: &str,
-    member_keys: &HashSet<(usize, String)>,
-) -> Option<BTreeMap<&'a str, Pending<'a>>> {
-    let mut out: BTreeMap<&str, Pending> = BTreeMap::new();
-    for commit in since.commits.iter().chain(std::iter::once(&since.latest)) {
-        if &*commit.epoch != epoch {
-            return None;
-        }
-    }
-    for commit in &since.commits {
-        let touched = &commit.touched;
-        // Each test walks the smaller side: a commit may touch many users,
-        // a user may hold many buckets.
-        let members_changed = if touched.members.len() <= member_keys.len() {
-            touched.members.iter().any(|m| member_keys.contains(m))
-        } else {
-            member_keys.iter().any(|m| touched.members.contains(m))
+/// What the commits past the stream's position bring each of its buckets.
+fn collect<'a>(since: &'a Since, set: &BucketSet) -> BTreeMap<&'a str, Pending<'a>> {
+    let mut out = BTreeMap::new();
+    for (bucket, commits) in &since.buckets {
+        let cursor = set.cursors.get(bucket).copied().unwrap_or(0);
+        let mut pending = Pending {
+            ops: Vec::new(),
+            checksum: 0,
+            count: 0,
         };
-        if members_changed {
-            return None;
-        }
-        let mine: Vec<(&String, &BucketChange, u64)> = if touched.buckets.len() <= set.cursors.len()
-        {
-            touched
-                .buckets
-                .iter()
-                .filter_map(|(b, change)| Some((b, change, *set.cursors.get(b)?)))
-                .collect()
-        } else {
-            set.cursors
-                .iter()
-                .filter_map(|(b, &cursor)| {
-                    let (b, change) = touched.buckets.get_key_value(b)?;
-                    Some((b, change, cursor))
-                })
-                .collect()
-        };
-        for (bucket, change, cursor) in mine {
-            if touched.ops_dropped {
-                return None;
-            }
-            let pending = out.entry(bucket.as_str()).or_insert_with(|| Pending {
-                ops: Vec::new(),
-                checksum: 0,
-                count: 0,
-            });
+        for change in commits.iter().filter_map(|c| c.touched.buckets.get(bucket)) {
             for op in change.ops.iter().filter(|op| op.op_id > cursor) {
                 // From cursor zero the client holds nothing to remove.
                 if cursor == 0 && op.remove {
@@ -95,8 +54,9 @@ fn collect<'a>(
             pending.checksum = change.checksum;
             pending.count = change.count;
         }
+        out.insert(bucket.as_str(), pending);
     }
-    Some(out)
+    out
 }
 
 /// Brings the stream from `at_op` to the newest recent commit from memory.
@@ -108,15 +68,17 @@ pub(super) async fn catch_up(
     at_op: u64,
     last_lsn: u64,
     epoch: &str,
-    member_keys: &HashSet<(usize, String)>,
+    member_keys: &[(usize, String)],
     tx: &mpsc::Sender<Result<SyncFrame, Status>>,
 ) -> Result<Option<(u64, u64)>, Gone> {
-    let Some(since) = ctx.fanout.recent().since_op(at_op) else {
+    let Some(since) = ctx
+        .fanout
+        .recent()
+        .since_op(at_op, epoch, set.cursors.keys(), member_keys)
+    else {
         return Ok(None);
     };
-    let Some(pending) = collect(&since, set, epoch, member_keys) else {
-        return Ok(None);
-    };
+    let pending = collect(&since, set);
     let op_id = since.latest.op_id.max(at_op);
     let lsn = since.latest.durable_lsn.0;
     let mut listed = Vec::with_capacity(pending.len());
