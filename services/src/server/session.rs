@@ -146,9 +146,17 @@ impl Session {
         };
         let mut last_sent_op = 0u64;
         let mut last_sent_lsn = 0u64;
-        let mut lsn_sent_at = tokio::time::Instant::now();
-        let mut keepalive = tokio::time::interval(ctx.keepalive);
-        keepalive.reset();
+        // Timers start at a random phase: streams that connected together
+        // (a service restart, a fleet coming online) would otherwise send
+        // their idle checkpoints and keepalives together, a burst that
+        // delays everyone's live changes.
+        let now = tokio::time::Instant::now();
+        let mut idle_phase = Some(ctx.idle_lsn_every.mul_f64(rand::random::<f64>()));
+        let mut lsn_sent_at = now;
+        let mut keepalive = tokio::time::interval_at(
+            now + ctx.keepalive.mul_f64(rand::random::<f64>().max(0.05)),
+            ctx.keepalive,
+        );
         loop {
             // The dispatched position first, then the signal: a commit up to
             // that position that touched this stream has set the signal.
@@ -195,7 +203,11 @@ impl Session {
                 };
                 last_sent_op = last_sent_op.max(op_id);
                 last_sent_lsn = last_sent_lsn.max(lsn);
-                lsn_sent_at = tokio::time::Instant::now();
+                let now = tokio::time::Instant::now();
+                lsn_sent_at = idle_phase
+                    .take()
+                    .and_then(|phase| now.checked_sub(phase))
+                    .unwrap_or(now);
             } else if position.durable_lsn > last_sent_lsn
                 && (signal.want_lsn() > last_sent_lsn
                     || lsn_sent_at.elapsed() >= ctx.idle_lsn_every)
