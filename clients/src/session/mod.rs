@@ -458,6 +458,23 @@ impl Run<'_> {
         }
     }
 
+    /// Counts a data batch of `ops` ops that was handed to the writer.
+    fn data_queued(
+        &mut self,
+        ops: u64,
+        queued: Result<(), ClientError>,
+        stream_state: &mut StreamState,
+    ) -> Result<(), Stop> {
+        queued?;
+        self.summary.rows_received += ops;
+        stream_state.rows_pending += ops;
+        stream_state.in_checkpoint = true;
+        self.emit(SyncEvent::Progress {
+            rows_pending: stream_state.rows_pending,
+        });
+        Ok(())
+    }
+
     /// Applies one stream message; returns whether it completed a checkpoint.
     async fn apply(
         &mut self,
@@ -466,13 +483,8 @@ impl Run<'_> {
     ) -> Result<bool, Stop> {
         let response = match incoming {
             Incoming::Data { encoded, ops } => {
-                self.summary.rows_received += ops;
-                stream_state.rows_pending += ops;
-                stream_state.in_checkpoint = true;
-                self.writer.data_encoded(encoded).await?;
-                self.emit(SyncEvent::Progress {
-                    rows_pending: stream_state.rows_pending,
-                });
+                let queued = self.writer.data_encoded(encoded).await;
+                self.data_queued(ops, queued, stream_state)?;
                 return Ok(false);
             }
             Incoming::Message(response) => response,
@@ -487,14 +499,9 @@ impl Run<'_> {
                 self.writer.schema(schema).await?;
             }
             Message::Data(batch) => {
-                let rows = batch.ops.len() as u64;
-                self.summary.rows_received += rows;
-                stream_state.rows_pending += rows;
-                stream_state.in_checkpoint = true;
-                self.writer.data(batch).await?;
-                self.emit(SyncEvent::Progress {
-                    rows_pending: stream_state.rows_pending,
-                });
+                let ops = batch.ops.len() as u64;
+                let queued = self.writer.data(batch).await;
+                self.data_queued(ops, queued, stream_state)?;
             }
             Message::Reset(reset) => {
                 tracing::info!(bucket = %reset.bucket, removed = reset.removed, reason = %reset.reason, "bucket reset");

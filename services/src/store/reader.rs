@@ -163,22 +163,17 @@ impl ReadTxn<'_> {
         cursor: u64,
         mut f: impl FnMut(RowOp) -> bool,
     ) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT op_id, kind, op FROM bucket_ops WHERE bucket = ?1 AND op_id > ?2 ORDER BY op_id",
-        )?;
-        let mut rows = stmt.query(rusqlite::params![bucket, cursor as i64])?;
-        while let Some(row) = rows.next()? {
-            let kind: i64 = row.get(1)?;
-            if cursor == 0 && kind == KIND_REMOVE {
-                continue;
+        let mut damaged = None;
+        self.encoded_ops_since(bucket, cursor, |op_id, bytes| match RowOp::decode(bytes) {
+            Ok(mut op) => {
+                op.op_id = op_id;
+                f(op)
             }
-            let bytes = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
-            let mut op = RowOp::decode(bytes)?;
-            op.op_id = row.get::<_, i64>(0)? as u64;
-            if !f(op) {
-                break;
+            Err(e) => {
+                damaged = Some(e);
+                false
             }
-        }
-        Ok(())
+        })?;
+        damaged.map_or(Ok(()), |e| Err(e.into()))
     }
 }
