@@ -181,9 +181,6 @@ impl Replica {
         })
     }
 
-    /// The oldest op groups of the outbox, in seq order: at most
-    /// `limits.groups`, with at most `limits.ops` ops in all, and no more once
-    /// `limits.bytes` of ops are gathered (always at least one group).
     /// As [`Replica::outbox_groups`], for a session polling the outbox: an
     /// outbox found empty is not read again until another connection has
     /// committed (`PRAGMA data_version` moved), so an idle replica costs a
@@ -204,6 +201,9 @@ impl Replica {
         Ok(groups)
     }
 
+    /// The oldest op groups of the outbox, in seq order: at most
+    /// `limits.groups`, with at most `limits.ops` ops in all, and no more once
+    /// `limits.bytes` of ops are gathered (always at least one group).
     pub(crate) fn outbox_groups(&self, limits: UploadLimits) -> Result<Vec<OpGroup>, ClientError> {
         let heads: Vec<(i64, u64, usize)> = {
             let mut stmt = self.conn.prepare_cached(

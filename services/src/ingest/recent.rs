@@ -243,7 +243,6 @@ impl RecentCommits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::BucketChange;
 
     fn commit(seq: u64, op_id_before: u64, op_id: u64) -> Commit {
         touching(seq, op_id_before, op_id, &[], &[])
@@ -256,19 +255,13 @@ mod tests {
         buckets: &[&str],
         members: &[(usize, &str)],
     ) -> Commit {
-        let mut touched = Touched::default();
-        touched.buckets = buckets
-            .iter()
-            .map(|b| (b.to_string(), BucketChange::default()))
-            .collect();
-        touched.members = members.iter().map(|(m, k)| (*m, k.to_string())).collect();
         Commit {
             seq,
             epoch: "e".into(),
             op_id_before,
             op_id,
             durable_lsn: Lsn(seq * 10),
-            touched: Arc::new(touched),
+            touched: Arc::new(Touched::of(buckets, members)),
         }
     }
 

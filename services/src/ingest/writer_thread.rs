@@ -119,7 +119,6 @@ struct Publisher<'a> {
     tx: &'a watch::Sender<Progress>,
     recent: &'a RecentCommits,
     seq: std::cell::Cell<u64>,
-    op_id: std::cell::Cell<u64>,
 }
 
 impl Publisher<'_> {
@@ -130,7 +129,7 @@ impl Publisher<'_> {
         self.recent.push(Commit {
             seq,
             epoch: progress.epoch.as_str().into(),
-            op_id_before: self.op_id.replace(progress.op_id),
+            op_id_before: self.tx.borrow().op_id,
             op_id: progress.op_id,
             durable_lsn: progress.durable_lsn,
             touched: progress.touched.clone(),
@@ -180,7 +179,6 @@ fn run(
         tx: progress,
         recent,
         seq: std::cell::Cell::new(0),
-        op_id: std::cell::Cell::new(store.state().last_op_id),
     };
     let mut opened_at: Option<Instant> = None;
     let mut ops_in_txn: u64 = 0;

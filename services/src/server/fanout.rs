@@ -392,15 +392,7 @@ mod tests {
             op_id,
             durable_lsn: Lsn(op_id * 10),
             seq,
-            touched: Arc::new({
-                let mut t = Touched::default();
-                t.buckets = buckets
-                    .iter()
-                    .map(|b| (b.to_string(), Default::default()))
-                    .collect();
-                t.members = members.iter().map(|(m, k)| (*m, k.to_string())).collect();
-                t
-            }),
+            touched: Arc::new(Touched::of(buckets, members)),
             ..Progress::default()
         }
     }

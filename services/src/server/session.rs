@@ -17,8 +17,8 @@
 //!
 //! Invariants:
 //! - Data, resets and the checkpoint that closes them come from one store
-//!   read snapshot, or from consecutive recent commits, so the client's state after applying them is one
-//!   Postgres had — including which buckets the user may hold: a client
+//!   read snapshot, or from consecutive recent commits, so the client's
+//!   state after applying them is one Postgres had — including which buckets the user may hold: a client
 //!   never holds, at a checkpoint, a bucket its memberships at that
 //!   checkpoint do not grant.
 //! - A cursor from another store epoch, or older than a bucket's compaction

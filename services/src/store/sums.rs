@@ -10,13 +10,16 @@
 //! - After a rollback or a rebuild the entries are dropped ([`BucketSums::clear`]):
 //!   they would describe writes that no longer exist.
 //! - Flushing never touches a bucket's compaction horizon.
+//! - Entries are dropped for memory only between transactions
+//!   ([`BucketSums::trim`]), so every bucket the open transaction wrote to
+//!   has its entry until it commits.
 
 use super::StoreError;
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 
-/// Entries kept across commits; past this, clean entries are dropped after a
-/// flush so that memory stays bounded however many buckets exist.
+/// Entries kept across commits; past this, they are dropped at a commit so
+/// that memory stays bounded however many buckets exist.
 const MAX_KEPT: usize = 65_536;
 
 /// One bucket's summary.
@@ -86,10 +89,15 @@ impl BucketSums {
             ])?;
             sum.dirty = false;
         }
+        Ok(())
+    }
+
+    /// Drops every entry once there are too many (call it after a flush at
+    /// a commit: inside a transaction the entries describe what it wrote).
+    pub fn trim(&mut self) {
         if self.entries.len() > MAX_KEPT {
             self.entries.clear();
         }
-        Ok(())
     }
 
     /// Forgets every summary (after a rollback or a rebuild).

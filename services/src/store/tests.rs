@@ -30,8 +30,17 @@ fn op(id: i64, title: &str) -> (RowOp, u64) {
     )
 }
 
-#[test]
-fn checksums_ops_and_snapshots() {
+/// A new store with row 1 ("a") put into `buckets.0` and row 2 ("b") into
+/// `buckets.1`, committed at LSN 10 (ending at 11).
+struct TwoRows {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    w: StoreWriter,
+    a: (RowOp, u64, u64),
+    b: (RowOp, u64, u64),
+}
+
+fn two_rows(buckets: (&str, &str)) -> TwoRows {
     let dir = tempfile::tempdir().unwrap();
     let path = database_path(dir.path());
     let mut w = StoreWriter::open(&path).unwrap();
@@ -39,13 +48,31 @@ fn checksums_ops_and_snapshots() {
     let (a, ha) = op(1, "a");
     let (b, hb) = op(2, "b");
     let a_id = w
-        .bucket_put("B", "todos", "[1]", &a.encode_to_vec(), ha, None)
+        .bucket_put(buckets.0, "todos", "[1]", &a.encode_to_vec(), ha, None)
         .unwrap();
     let b_id = w
-        .bucket_put("B", "todos", "[2]", &b.encode_to_vec(), hb, None)
+        .bucket_put(buckets.1, "todos", "[2]", &b.encode_to_vec(), hb, None)
         .unwrap();
     w.mark_commit(Lsn(10), Lsn(11));
     w.commit().unwrap();
+    TwoRows {
+        _dir: dir,
+        path,
+        w,
+        a: (a, ha, a_id),
+        b: (b, hb, b_id),
+    }
+}
+
+#[test]
+fn checksums_ops_and_snapshots() {
+    let TwoRows {
+        _dir,
+        path,
+        mut w,
+        a: (_, ha, a_id),
+        b: (_, hb, b_id),
+    } = two_rows(("B", "B"));
 
     let pool = ReaderPool::new(&path, 2);
     let (cp, info) = pool
@@ -180,20 +207,13 @@ fn membership_and_link_indexes() {
 /// commit before it: streams are caught up from it without a store read.
 #[test]
 fn touched_matches_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = database_path(dir.path());
-    let mut w = StoreWriter::open(&path).unwrap();
-    w.reinitialise("v1", "slot", "epoch1").unwrap();
-    let (a, ha) = op(1, "a");
-    let (b, hb) = op(2, "b");
-    let a_id = w
-        .bucket_put("B", "todos", "[1]", &a.encode_to_vec(), ha, None)
-        .unwrap();
-    let b_id = w
-        .bucket_put("C", "todos", "[2]", &b.encode_to_vec(), hb, None)
-        .unwrap();
-    w.mark_commit(Lsn(10), Lsn(11));
-    w.commit().unwrap();
+    let TwoRows {
+        _dir,
+        path,
+        mut w,
+        a: (a, ha, a_id),
+        b: (_, hb, b_id),
+    } = two_rows(("B", "C"));
     let first = w.take_touched();
     assert!(!first.ops_dropped);
     assert_eq!(first.buckets.len(), 2);

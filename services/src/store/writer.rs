@@ -106,10 +106,25 @@ pub struct BucketChange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangedOp {
     pub op_id: u64,
-    /// `KIND_PUT` or `KIND_REMOVE`.
+    /// A REMOVE op (else a PUT).
     pub remove: bool,
     /// The encoded `RowOp`, with `op_id` 0.
     pub op: Vec<u8>,
+}
+
+#[cfg(test)]
+impl Touched {
+    /// A commit that touched `buckets` (without ops) and `members`.
+    pub(crate) fn of(buckets: &[&str], members: &[(usize, &str)]) -> Touched {
+        Touched {
+            buckets: buckets
+                .iter()
+                .map(|b| (b.to_string(), BucketChange::default()))
+                .collect(),
+            members: members.iter().map(|(m, k)| (*m, k.to_string())).collect(),
+            ..Touched::default()
+        }
+    }
 }
 
 /// What an entry of a map or a held op costs besides its own bytes, about.
@@ -282,31 +297,16 @@ impl StoreWriter {
         if !self.in_txn {
             return Ok(());
         }
-        let mut flushed_earlier = Vec::new();
+        // Every bucket the transaction wrote to has its summary in memory
+        // (entries are only dropped between transactions).
         for (bucket, change) in self.touched.buckets.iter_mut() {
-            match self.sums.get(bucket) {
-                Some(sum) => {
-                    change.checksum = sum.checksum;
-                    change.count = sum.count.max(0) as u64;
-                }
-                None => flushed_earlier.push(bucket.clone()),
+            if let Some(sum) = self.sums.get(bucket) {
+                change.checksum = sum.checksum;
+                change.count = sum.count.max(0) as u64;
             }
         }
         self.sums.flush(&self.conn)?;
-        // Summaries dropped from memory by a flush inside this transaction
-        // (compaction) are in the table, and nothing changed them since.
-        for bucket in flushed_earlier {
-            let (checksum, count): (i64, i64) = self
-                .conn
-                .prepare_cached("SELECT checksum, count FROM buckets WHERE bucket = ?1")?
-                .query_row([&bucket], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?
-                .unwrap_or((0, 0));
-            if let Some(change) = self.touched.buckets.get_mut(&bucket) {
-                change.checksum = checksum as u64;
-                change.count = count.max(0) as u64;
-            }
-        }
+        self.sums.trim();
         meta_set(
             &self.conn,
             "last_commit_lsn",

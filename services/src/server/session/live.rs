@@ -21,7 +21,6 @@ use crate::server::sync::SyncContext;
 use outpost_proto::frame::{DataFrame, SyncFrame};
 use outpost_proto::v1::sync_response::Message;
 use outpost_proto::v1::{BucketChecksum, Checkpoint};
-use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -34,8 +33,8 @@ struct Pending<'a> {
 }
 
 /// What the commits past the stream's position bring each of its buckets.
-fn collect<'a>(since: &'a Since, set: &BucketSet) -> BTreeMap<&'a str, Pending<'a>> {
-    let mut out = BTreeMap::new();
+fn collect<'a>(since: &'a Since, set: &BucketSet) -> Vec<(&'a str, Pending<'a>)> {
+    let mut out = Vec::with_capacity(since.buckets.len());
     for (bucket, commits) in &since.buckets {
         let cursor = set.cursors.get(bucket).copied().unwrap_or(0);
         let mut pending = Pending {
@@ -54,7 +53,7 @@ fn collect<'a>(since: &'a Since, set: &BucketSet) -> BTreeMap<&'a str, Pending<'
             pending.checksum = change.checksum;
             pending.count = change.count;
         }
-        out.insert(bucket.as_str(), pending);
+        out.push((bucket.as_str(), pending));
     }
     out
 }
