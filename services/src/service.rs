@@ -7,7 +7,7 @@
 
 use crate::auth::{AuthError, Authenticator};
 use crate::config::ServiceConfig;
-use crate::ingest::spawn_writer;
+use crate::ingest::{Progress, spawn_writer};
 use crate::replicator::{self, ReplicatorConfig, ReplicatorError};
 use crate::schema::{self, Catalog, CompiledSchema, ResolveError, SchemaErrors, WriteRules};
 use crate::server::{self, Fanout, ServeError, SyncContext};
@@ -132,11 +132,18 @@ pub async fn compile_schema_and_rules(
 pub struct RunningService {
     /// The address the gRPC server listens on.
     pub addr: SocketAddr,
+    progress: watch::Receiver<Progress>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServiceError>>,
 }
 
 impl RunningService {
+    /// What the store holds, as the service publishes it after each store
+    /// commit: ready to serve a snapshot once `epoch` is set.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
     /// Stops everything and waits for it.
     pub async fn shutdown(self) -> Result<(), ServiceError> {
         let _ = self.shutdown.send(true);
@@ -209,6 +216,7 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
     };
 
     let handle = spawn_writer(writer, schema.clone());
+    let progress = handle.progress.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let fanout = Arc::new(Fanout::new(handle.recent.clone()));
     tokio::spawn(fanout.clone().run(handle.progress.clone()));
@@ -262,6 +270,7 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
     tracing::info!(%addr, "listening");
     Ok(RunningService {
         addr,
+        progress,
         shutdown: shutdown_tx,
         task,
     })

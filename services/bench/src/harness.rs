@@ -7,6 +7,7 @@ use outpost::auth::AuthConfig;
 use outpost::config::ServiceConfig;
 use outpost::lsn::Lsn;
 use outpost::pgcluster::{PgCluster, PgClusterOptions};
+use outpost::service::RunningService;
 use outpost::store::{ReaderPool, database_path};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -121,6 +122,17 @@ pub fn store_position(data_dir: &Path) -> Option<(String, Lsn)> {
     }
     let pool = ReaderPool::new(&path, 1);
     pool.read(|t| t.checkpoint()).ok().map(|c| (c.epoch, c.lsn))
+}
+
+/// Waits until the service published its first snapshot (so it serves
+/// streams and nothing of the snapshot load still runs beside them).
+pub async fn wait_until_ready(service: &RunningService, limit: Duration) -> anyhow::Result<()> {
+    let mut progress = service.progress();
+    tokio::time::timeout(limit, progress.wait_for(|p| !p.epoch.is_empty()))
+        .await
+        .with_context(|| format!("the service did not load its snapshot within {limit:?}"))?
+        .context("the service stopped before loading its snapshot")?;
+    Ok(())
 }
 
 /// Waits until the store at `data_dir` has an epoch and its durable LSN is at

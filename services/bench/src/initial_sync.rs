@@ -2,10 +2,10 @@
 //! rusqlite inserting the same rows into a fresh file in one transaction with
 //! a cached prepared statement (the fastest a replica could be written).
 
-use crate::harness::{Bench, DB, wait_for_store};
+use crate::cpu::CpuReading;
+use crate::harness::{Bench, DB, wait_until_ready};
 use crate::report::Figure;
 use anyhow::ensure;
-use outpost::lsn::Lsn;
 use std::time::{Duration, Instant};
 
 pub async fn run(rows: u64) -> anyhow::Result<Vec<Figure>> {
@@ -18,7 +18,7 @@ pub async fn run(rows: u64) -> anyhow::Result<Vec<Figure>> {
     let data_dir = bench.dir.path().join("data");
     let service = outpost::service::start(bench.config(&data_dir)).await?;
     eprintln!("B3: waiting for the service's snapshot…");
-    wait_for_store(&data_dir, Lsn(1), Duration::from_secs(1800)).await?;
+    wait_until_ready(&service, Duration::from_secs(1800)).await?;
 
     eprintln!("B3: client initial sync…");
     let db = bench.dir.path().join("replica.db");
@@ -31,8 +31,10 @@ pub async fn run(rows: u64) -> anyhow::Result<Vec<Figure>> {
         )
     };
     let started = Instant::now();
+    let cpu = CpuReading::now();
     let summary = outpost_client::sync(opts).await?;
     let outpost_secs = started.elapsed().as_secs_f64();
+    eprintln!("{}", cpu.report_since("B3 sync"));
     ensure!(
         summary.rows_received == rows,
         "the client received {} rows, expected {rows}",

@@ -9,9 +9,8 @@
 //! one client each, so every change reaches exactly one client while the
 //! others hold idle streams.
 
-use crate::harness::{Bench, DB, run_pg_tool, wait_for_store};
+use crate::harness::{Bench, DB, run_pg_tool, wait_until_ready};
 use crate::report::Figure;
-use outpost::lsn::Lsn;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +19,7 @@ pub async fn run(clients: usize, rate: u32, seconds: u32) -> anyhow::Result<Vec<
     let bench = Bench::new("CREATE SEQUENCE item_ids;")?;
     let data_dir = bench.dir.path().join("data");
     let service = outpost::service::start(bench.config(&data_dir)).await?;
-    wait_for_store(&data_dir, Lsn(1), Duration::from_secs(120)).await?;
+    wait_until_ready(&service, Duration::from_secs(120)).await?;
     let server = format!("http://{}", service.addr);
 
     eprintln!("{id}: connecting {clients} clients…");

@@ -8,6 +8,7 @@
 //! cargo run --release -p outpost-bench -- b1 --json out.json
 //! ```
 
+mod cpu;
 mod drain;
 mod harness;
 mod initial_sync;

@@ -3,9 +3,9 @@
 //! answer, as a pgbench client waits for its commit), next to pgbench
 //! running the equivalent `INSERT … ON CONFLICT DO UPDATE` with 8 clients.
 
-use crate::harness::{Bench, DB, run_pg_tool, wait_for_store};
+use crate::cpu::CpuReading;
+use crate::harness::{Bench, DB, run_pg_tool, wait_until_ready};
 use crate::report::Figure;
-use outpost::lsn::Lsn;
 use outpost_proto::v1::sync_client::SyncClient;
 use outpost_proto::v1::{
     ColumnValue, OpGroup, Value, WriteOp, WriteRequest, value::Kind, write_op,
@@ -29,7 +29,7 @@ pub async fn run(ops: u64) -> anyhow::Result<Vec<Figure>> {
     let bench = Bench::new("")?;
     let data_dir = bench.dir.path().join("data");
     let service = outpost::service::start(bench.config(&data_dir)).await?;
-    wait_for_store(&data_dir, Lsn(1), Duration::from_secs(120)).await?;
+    wait_until_ready(&service, Duration::from_secs(120)).await?;
     let server = format!("http://{}", service.addr);
     let token = bench.token("alice")?;
     let per_client = (ops / CLIENTS as u64).max(1);
@@ -37,6 +37,7 @@ pub async fn run(ops: u64) -> anyhow::Result<Vec<Figure>> {
 
     eprintln!("B6: {CLIENTS} clients writing {per_client} groups each through Write…");
     let started = Instant::now();
+    let cpu = CpuReading::now();
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
         let (server, token) = (server.clone(), token.clone());
@@ -97,6 +98,7 @@ pub async fn run(ops: u64) -> anyhow::Result<Vec<Figure>> {
         t.await??;
     }
     let outpost_secs = started.elapsed().as_secs_f64();
+    eprintln!("{}", cpu.report_since("B6 writes"));
     service.shutdown().await?;
 
     eprintln!("B6: pgbench with the equivalent upsert…");
