@@ -9,6 +9,7 @@
 //! connection open and polls every 2 ms: opening the database on each poll
 //! would take CPU from the service on a small machine.
 
+use crate::cpu::CpuReading;
 use crate::harness::{Bench, rss_bytes, run_pg_tool, store_position, wait_for_store};
 use crate::report::Figure;
 use anyhow::bail;
@@ -82,6 +83,7 @@ pub async fn run(id: &str, backlog: Backlog) -> anyhow::Result<Vec<Figure>> {
     eprintln!("{id}: outpost draining to {target}…");
     let rss_before = rss_bytes();
     let started = Instant::now();
+    let cpu = CpuReading::now();
     let service = outpost::service::start(bench.config(&data_dir)).await?;
     // RSS over time: whole-transaction buffering would show as growth in
     // the second half of the drain as much as in the first.
@@ -100,6 +102,7 @@ pub async fn run(id: &str, backlog: Backlog) -> anyhow::Result<Vec<Figure>> {
     };
     let done = wait_durable(&data_dir, target, Duration::from_secs(1800)).await?;
     let outpost_secs = (done - started).as_secs_f64();
+    eprintln!("{}", cpu.report_since(&format!("{id} drain")));
     sampler.abort();
     let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
     let peak_until = |until: f64| {
