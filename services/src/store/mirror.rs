@@ -5,6 +5,11 @@
 //! `placed` is stored as text, one `{op id} {bucket}` line per bucket, in
 //! the order the caller gave (bucket names never hold a line break: key
 //! strings escape control characters).
+//!
+//! Rows are keyed by table, the key string's length, then the key string:
+//! integer keys (`[9]`, `[10]`) then sort as their numbers do, so rows
+//! arriving in key order (a snapshot, a bulk insert) are appended to the
+//! b-tree instead of splitting pages all over it.
 
 use super::{StoreError, StoreWriter, TextRow};
 use rusqlite::params;
@@ -33,6 +38,11 @@ impl MirrorRow {
             .find(|p| p.bucket == bucket)
             .map(|p| (p.op_id, self.hash))
     }
+}
+
+/// The `klen` column of a key.
+fn key_len(key: &str) -> i64 {
+    i64::try_from(key.len()).unwrap_or(i64::MAX)
 }
 
 fn encode_placed(placed: impl Iterator<Item = (u64, impl AsRef<str>)>) -> String {
@@ -72,10 +82,10 @@ fn decode_placed(tbl: &str, key: &str, text: &str) -> Result<Vec<Placed>, StoreE
 impl StoreWriter {
     /// The mirrored row, where it is placed and its hash.
     pub fn mirror_get(&mut self, tbl: &str, key: &str) -> Result<Option<MirrorRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT row, placed, hash FROM mirror WHERE tbl = ?1 AND key = ?2")?;
-        let mut rows = stmt.query([tbl, key])?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT row, placed, hash FROM mirror WHERE tbl = ?1 AND klen = ?2 AND key = ?3",
+        )?;
+        let mut rows = stmt.query(params![tbl, key_len(key), key])?;
         let Some(r) = rows.next()? else {
             return Ok(None);
         };
@@ -98,11 +108,19 @@ impl StoreWriter {
         let placed = encode_placed(placed.iter().map(|p| (p.op_id, &p.bucket)));
         self.conn
             .prepare_cached(
-                "INSERT INTO mirror (tbl, key, row, placed, hash) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (tbl, key) DO UPDATE SET row = excluded.row, placed = excluded.placed,
-                    hash = excluded.hash",
+                "INSERT INTO mirror (tbl, klen, key, row, placed, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (tbl, klen, key) DO UPDATE SET row = excluded.row,
+                    placed = excluded.placed, hash = excluded.hash",
             )?
-            .execute(params![tbl, key, row.encode(), placed, hash as i64])?;
+            .execute(params![
+                tbl,
+                key_len(key),
+                key,
+                row.encode(),
+                placed,
+                hash as i64
+            ])?;
         Ok(())
     }
 
@@ -123,10 +141,17 @@ impl StoreWriter {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO mirror (tbl, key, row, placed, hash) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (tbl, key) DO NOTHING",
+                "INSERT INTO mirror (tbl, klen, key, row, placed, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tbl, klen, key) DO NOTHING",
             )?
-            .execute(params![tbl, key, row.encode(), placed, hash as i64])?;
+            .execute(params![
+                tbl,
+                key_len(key),
+                key,
+                row.encode(),
+                placed,
+                hash as i64
+            ])?;
         if inserted == 0 {
             return Ok(false);
         }
@@ -139,8 +164,8 @@ impl StoreWriter {
 
     pub fn mirror_delete(&mut self, tbl: &str, key: &str) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("DELETE FROM mirror WHERE tbl = ?1 AND key = ?2")?
-            .execute([tbl, key])?;
+            .prepare_cached("DELETE FROM mirror WHERE tbl = ?1 AND klen = ?2 AND key = ?3")?
+            .execute(params![tbl, key_len(key), key])?;
         Ok(())
     }
 

@@ -96,7 +96,7 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The layout of the tables below; a store with an older one is rebuilt.
-const FORMAT: i64 = 2;
+const FORMAT: i64 = 3;
 
 /// Every table of the store, to empty a store of an older layout.
 const DROP_ALL: &str = "
@@ -109,8 +109,8 @@ DROP TABLE IF EXISTS links;
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS mirror (
-    tbl TEXT NOT NULL, key TEXT NOT NULL, row BLOB NOT NULL, placed TEXT NOT NULL,
-    hash INTEGER NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID;
+    tbl TEXT NOT NULL, klen INTEGER NOT NULL, key TEXT NOT NULL, row BLOB NOT NULL,
+    placed TEXT NOT NULL, hash INTEGER NOT NULL, PRIMARY KEY (tbl, klen, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bucket_ops (
     bucket TEXT NOT NULL, op_id INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL,
     kind INTEGER NOT NULL, op BLOB NOT NULL, PRIMARY KEY (bucket, op_id)) WITHOUT ROWID;
