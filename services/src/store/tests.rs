@@ -279,3 +279,55 @@ fn touched_matches_the_store() {
     w.rollback().unwrap();
     assert!(w.take_touched().buckets.is_empty());
 }
+
+#[test]
+fn a_store_of_an_older_layout_is_emptied_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = database_path(dir.path());
+    {
+        // The layout before the mirror was keyed by key length.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+             INSERT INTO meta VALUES ('format', '2'), ('epoch', 'old');
+             CREATE TABLE mirror (
+                 tbl TEXT NOT NULL, key TEXT NOT NULL, row BLOB NOT NULL, placed TEXT NOT NULL,
+                 hash INTEGER NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID;
+             INSERT INTO mirror VALUES ('todos', '[1]', x'', '', 0);",
+        )
+        .unwrap();
+    }
+    let mut w = StoreWriter::open(&path).unwrap();
+    assert_eq!(w.state().epoch, "", "the old content is gone");
+    assert_eq!(w.mirror_get("todos", "[1]").unwrap(), None);
+    w.reinitialise("v1", "slot", "epoch1").unwrap();
+    // Keys of every length, out of order, with the same text at different
+    // lengths: each is found under its own key and nowhere else.
+    let keys = [
+        "[10]", "[9]", "[100]", "[1]", "[\"a\"]", "[\"ab\"]", "[2,1]",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        let row = TextRow(vec![Some(key.to_string()), None]);
+        let inserted = w
+            .insert_new_row("todos", key, &row, i as u64, &[], &[])
+            .unwrap();
+        assert!(inserted, "{key}");
+        let again = w.insert_new_row("todos", key, &row, 0, &[], &[]).unwrap();
+        assert!(!again, "{key} is held already");
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let got = w.mirror_get("todos", key).unwrap().expect(key);
+        assert_eq!(got.row.0[0].as_deref(), Some(*key));
+        assert_eq!(got.hash, i as u64);
+    }
+    let mut listed = w.mirror_keys("todos").unwrap();
+    listed.sort();
+    let mut expected: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    w.mirror_delete("todos", "[10]").unwrap();
+    assert_eq!(w.mirror_get("todos", "[10]").unwrap(), None);
+    assert!(w.mirror_get("todos", "[1]").unwrap().is_some());
+    w.mark_commit(Lsn(10), Lsn(11));
+    w.commit().unwrap();
+}
