@@ -36,6 +36,10 @@ pub(super) struct Sum {
 #[derive(Default)]
 pub(super) struct BucketSums {
     entries: HashMap<String, Sum>,
+    /// The entries marked dirty, each once: a flush writes these without
+    /// looking at the others (a commit costs what it changed, not how many
+    /// buckets are loaded).
+    dirty: Vec<String>,
 }
 
 impl BucketSums {
@@ -49,7 +53,10 @@ impl BucketSums {
     ) -> Result<(), StoreError> {
         if let Some(sum) = self.entries.get_mut(bucket) {
             f(sum);
-            sum.dirty = true;
+            if !sum.dirty {
+                sum.dirty = true;
+                self.dirty.push(bucket.to_string());
+            }
             return Ok(());
         }
         let stored: Option<(i64, i64, i64)> = conn
@@ -65,6 +72,7 @@ impl BucketSums {
         f(&mut sum);
         sum.dirty = true;
         self.entries.insert(bucket.to_string(), sum);
+        self.dirty.push(bucket.to_string());
         Ok(())
     }
 
@@ -80,13 +88,22 @@ impl BucketSums {
              ON CONFLICT (bucket) DO UPDATE SET checksum = excluded.checksum, count = excluded.count,
                 last_op_id = excluded.last_op_id",
         )?;
-        for (bucket, sum) in self.entries.iter_mut().filter(|(_, s)| s.dirty) {
-            stmt.execute(params![
+        let dirty = std::mem::take(&mut self.dirty);
+        for (i, bucket) in dirty.iter().enumerate() {
+            let Some(sum) = self.entries.get_mut(bucket) else {
+                continue;
+            };
+            let written = stmt.execute(params![
                 bucket,
                 sum.checksum as i64,
                 sum.count,
                 sum.last_op_id as i64
-            ])?;
+            ]);
+            if let Err(e) = written {
+                // What is not written stays dirty, for the next flush.
+                self.dirty.extend_from_slice(&dirty[i..]);
+                return Err(e.into());
+            }
             sum.dirty = false;
         }
         Ok(())
@@ -95,7 +112,7 @@ impl BucketSums {
     /// Drops every entry once there are too many (call it after a flush at
     /// a commit: inside a transaction the entries describe what it wrote).
     pub fn trim(&mut self) {
-        if self.entries.len() > MAX_KEPT {
+        if self.entries.len() > MAX_KEPT && self.dirty.is_empty() {
             self.entries.clear();
         }
     }
@@ -103,5 +120,45 @@ impl BucketSums {
     /// Forgets every summary (after a rollback or a rebuild).
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.dirty.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(conn: &rusqlite::Connection) -> Vec<(String, i64)> {
+        let mut stmt = conn
+            .prepare("SELECT bucket, count FROM buckets ORDER BY bucket")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_flush_writes_each_changed_summary_once_and_nothing_else() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(super::super::SCHEMA).unwrap();
+        let mut sums = BucketSums::default();
+        for bucket in ["a", "b", "a", "a"] {
+            sums.update(&conn, bucket, |s| s.count += 1).unwrap();
+        }
+        assert_eq!(sums.dirty, ["a", "b"], "each bucket is listed once");
+        sums.flush(&conn).unwrap();
+        assert_eq!(stored(&conn), [("a".into(), 3), ("b".into(), 1)]);
+        assert!(sums.dirty.is_empty());
+
+        // Rows changed behind the summaries' back are not rewritten by a
+        // flush that has nothing to write…
+        conn.execute("UPDATE buckets SET count = 99", []).unwrap();
+        sums.flush(&conn).unwrap();
+        assert_eq!(stored(&conn), [("a".into(), 99), ("b".into(), 99)]);
+        // …and only the bucket changed since is.
+        sums.update(&conn, "b", |s| s.count += 1).unwrap();
+        sums.flush(&conn).unwrap();
+        assert_eq!(stored(&conn), [("a".into(), 99), ("b".into(), 2)]);
     }
 }
