@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
         figures.extend(latency::run(n(1000) as usize, 1000, seconds).await?);
     }
     if all || cli.workload == Workload::B5 {
-        figures.extend(streams::run(n(10_000) as usize, n(20_000)).await?);
+        figures.extend(streams::run(n(10_000) as usize, n(60_000)).await?);
     }
     if all || cli.workload == Workload::B6 {
         figures.extend(writes::run(n(20_000)).await?);
