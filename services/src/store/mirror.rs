@@ -40,6 +40,15 @@ impl MirrorRow {
     }
 }
 
+/// Writes a mirror row, replacing the one of the same key.
+const UPSERT: &str = "INSERT INTO mirror (tbl, klen, key, row, placed, hash)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (tbl, klen, key) DO UPDATE SET row = excluded.row,
+        placed = excluded.placed, hash = excluded.hash";
+/// Writes a mirror row unless one of the same key is there.
+const INSERT_NEW: &str = "INSERT INTO mirror (tbl, klen, key, row, placed, hash)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tbl, klen, key) DO NOTHING";
+
 /// The `klen` column of a key.
 fn key_len(key: &str) -> i64 {
     i64::try_from(key.len()).unwrap_or(i64::MAX)
@@ -106,22 +115,28 @@ impl StoreWriter {
         hash: u64,
     ) -> Result<(), StoreError> {
         let placed = encode_placed(placed.iter().map(|p| (p.op_id, &p.bucket)));
-        self.conn
-            .prepare_cached(
-                "INSERT INTO mirror (tbl, klen, key, row, placed, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (tbl, klen, key) DO UPDATE SET row = excluded.row,
-                    placed = excluded.placed, hash = excluded.hash",
-            )?
-            .execute(params![
-                tbl,
-                key_len(key),
-                key,
-                row.encode(),
-                placed,
-                hash as i64
-            ])?;
+        self.mirror_insert(UPSERT, tbl, key, row, &placed, hash)?;
         Ok(())
+    }
+
+    /// Runs [`UPSERT`] or [`INSERT_NEW`]; returns how many rows it wrote.
+    fn mirror_insert(
+        &mut self,
+        sql: &str,
+        tbl: &str,
+        key: &str,
+        row: &TextRow,
+        placed: &str,
+        hash: u64,
+    ) -> Result<usize, StoreError> {
+        Ok(self.conn.prepare_cached(sql)?.execute(params![
+            tbl,
+            key_len(key),
+            key,
+            row.encode(),
+            placed,
+            hash as i64
+        ])?)
     }
 
     /// Stores a row the mirror does not hold and puts it (encoded `RowOp`,
@@ -138,20 +153,7 @@ impl StoreWriter {
     ) -> Result<bool, StoreError> {
         let first = self.state().last_op_id + 1;
         let placed = encode_placed((first..).zip(buckets));
-        let inserted = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO mirror (tbl, klen, key, row, placed, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tbl, klen, key) DO NOTHING",
-            )?
-            .execute(params![
-                tbl,
-                key_len(key),
-                key,
-                row.encode(),
-                placed,
-                hash as i64
-            ])?;
+        let inserted = self.mirror_insert(INSERT_NEW, tbl, key, row, &placed, hash)?;
         if inserted == 0 {
             return Ok(false);
         }
