@@ -2,16 +2,18 @@
 //! this process's threads (`/proc/self/task/*/schedstat`) and of every
 //! Postgres process on the machine, taken before and after a phase.
 //!
-//! Threads of the same name are summed (the runtime's workers, the blocking
-//! pool); threads that ended during the phase are not counted.
+//! Each thread is followed by its id and its time summed by name (the
+//! runtime's workers, the blocking pool, all Postgres processes); a thread
+//! that started during the phase counts from zero, one that ended during it
+//! is left out (its time since the first reading cannot be read any more).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-/// CPU nanoseconds by thread name at one moment.
+/// CPU nanoseconds of each thread (by id) at one moment, with its name.
 pub struct CpuReading {
     at: Instant,
-    by_name: BTreeMap<String, u64>,
+    threads: HashMap<u64, (String, u64)>,
 }
 
 fn read_u64(path: &str) -> Option<u64> {
@@ -23,12 +25,19 @@ fn read_u64(path: &str) -> Option<u64> {
         .ok()
 }
 
-fn add_threads(dir: &str, name: Option<&str>, by_name: &mut BTreeMap<String, u64>) {
+fn add_threads(dir: &str, name: Option<&str>, threads: &mut HashMap<u64, (String, u64)>) {
     let Ok(tasks) = std::fs::read_dir(dir) else {
         return;
     };
     for task in tasks.flatten() {
         let path = task.path();
+        let Some(tid) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
         let Some(ns) = read_u64(&format!("{}/schedstat", path.display())) else {
             continue;
         };
@@ -38,14 +47,14 @@ fn add_threads(dir: &str, name: Option<&str>, by_name: &mut BTreeMap<String, u64
                 .map(|c| c.trim().to_string())
                 .unwrap_or_default(),
         };
-        *by_name.entry(thread).or_default() += ns;
+        threads.insert(tid, (thread, ns));
     }
 }
 
 impl CpuReading {
     pub fn now() -> CpuReading {
-        let mut by_name = BTreeMap::new();
-        add_threads("/proc/self/task", None, &mut by_name);
+        let mut threads = HashMap::new();
+        add_threads("/proc/self/task", None, &mut threads);
         if let Ok(procs) = std::fs::read_dir("/proc") {
             for p in procs.flatten() {
                 let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
@@ -53,33 +62,35 @@ impl CpuReading {
                     add_threads(
                         &format!("{}/task", p.path().display()),
                         Some("postgres (all)"),
-                        &mut by_name,
+                        &mut threads,
                     );
                 }
             }
         }
         CpuReading {
             at: Instant::now(),
-            by_name,
+            threads,
         }
     }
 
     /// One line: the wall time since `self`, and each thread name's CPU
-    /// share of one core over it (names under 2 % left out).
+    /// share of one core over it (names under 2 % are left out of the list,
+    /// not out of the sum).
     pub fn report_since(&self, phase: &str) -> String {
         let now = CpuReading::now();
         let wall = now.at.duration_since(self.at).as_secs_f64();
-        let mut shares: Vec<(String, f64)> = now
-            .by_name
-            .iter()
-            .map(|(name, &ns)| {
-                let before = self.by_name.get(name).copied().unwrap_or(0);
-                (name.clone(), ns.saturating_sub(before) as f64 * 1e-9 / wall)
-            })
-            .filter(|(_, share)| *share >= 0.02)
+        let mut by_name: BTreeMap<&str, u64> = BTreeMap::new();
+        for (tid, (name, ns)) in &now.threads {
+            let before = self.threads.get(tid).map_or(0, |(_, ns)| *ns);
+            *by_name.entry(name.as_str()).or_default() += ns.saturating_sub(before);
+        }
+        let mut shares: Vec<(&str, f64)> = by_name
+            .into_iter()
+            .map(|(name, ns)| (name, ns as f64 * 1e-9 / wall))
             .collect();
-        shares.sort_by(|a, b| b.1.total_cmp(&a.1));
         let total: f64 = shares.iter().map(|(_, s)| s).sum();
+        shares.retain(|(_, share)| *share >= 0.02);
+        shares.sort_by(|a, b| b.1.total_cmp(&a.1));
         let parts: Vec<String> = shares
             .iter()
             .map(|(name, share)| format!("{name} {:.0} %", share * 100.0))

@@ -82,8 +82,8 @@ pub async fn run(id: &str, backlog: Backlog) -> anyhow::Result<Vec<Figure>> {
 
     eprintln!("{id}: outpost draining to {target}…");
     let rss_before = rss_bytes();
-    let started = Instant::now();
     let cpu = CpuReading::now();
+    let started = Instant::now();
     let service = outpost::service::start(bench.config(&data_dir)).await?;
     // RSS over time: whole-transaction buffering would show as growth in
     // the second half of the drain as much as in the first.

@@ -56,6 +56,8 @@ impl Bench {
                 ("max_wal_size".into(), "4GB".into()),
                 ("checkpoint_timeout".into(), "30min".into()),
                 ("shared_buffers".into(), "256MB".into()),
+                // B5 stops the service while it writes a backlog.
+                ("wal_sender_timeout".into(), "0".into()),
             ],
         })?;
         pg.create_database(DB)?;

@@ -35,8 +35,8 @@ pub async fn run(rows: u64) -> anyhow::Result<Vec<Figure>> {
                 &db,
             )
         };
-        let started = Instant::now();
         let cpu = CpuReading::now();
+        let started = Instant::now();
         let summary = outpost_client::sync(opts).await?;
         outpost_secs.push(started.elapsed().as_secs_f64());
         eprintln!("{}", cpu.report_since("B3 sync"));

@@ -178,7 +178,9 @@ fn upgrade(conn: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
                 format = FORMAT,
                 "the store was written with an older layout; it is rebuilt from a new snapshot"
             );
-            conn.execute_batch(DROP_ALL)?;
+            // In one transaction: a store emptied half-way would have lost
+            // its format row and kept tables of the old layout.
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {DROP_ALL} COMMIT;"))?;
         }
     }
     conn.execute_batch(SCHEMA)?;
