@@ -161,9 +161,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("outpost dev: serving; Ctrl-C stops the service and removes the cluster");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     service
         .run_until(async {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         })
         .await?;
     drop(pg);
