@@ -161,15 +161,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("outpost dev: serving; Ctrl-C stops the service and removes the cluster");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    service
-        .run_until(async {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        })
-        .await?;
+    service.run_until(super::stop_requested()?).await?;
     drop(pg);
     eprintln!("outpost dev: stopped, cluster removed");
     Ok(())

@@ -98,15 +98,23 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Runs until Ctrl-C or SIGTERM (then shuts down cleanly) or a definite error.
-async fn service_wait(service: outpost::service::RunningService) -> anyhow::Result<()> {
+/// Resolves on Ctrl-C or SIGTERM, whichever comes first.
+fn stop_requested() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
+    Ok(async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+    })
+}
+
+/// Runs until Ctrl-C or SIGTERM (then shuts down cleanly) or a definite error.
+async fn service_wait(service: outpost::service::RunningService) -> anyhow::Result<()> {
+    let stop = stop_requested()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        stop.await;
         let _ = stop_tx.send(());
     });
     let outcome = service.run_until(async {

@@ -51,6 +51,17 @@ fn add_threads(dir: &str, name: Option<&str>, threads: &mut HashMap<u64, (String
     }
 }
 
+/// CPU seconds of the first thread named `name` of process `pid`, `None`
+/// when it has none.
+pub fn thread_seconds(pid: u32, name: &str) -> Option<f64> {
+    let mut threads = HashMap::new();
+    add_threads(&format!("/proc/{pid}/task"), None, &mut threads);
+    threads
+        .into_values()
+        .find(|(n, _)| n == name)
+        .map(|(_, ns)| ns as f64 * 1e-9)
+}
+
 impl CpuReading {
     pub fn now() -> CpuReading {
         let mut threads = HashMap::new();

@@ -69,21 +69,8 @@ fn outpost_binary() -> anyhow::Result<PathBuf> {
 /// CPU time of the service's store thread, in seconds (from the
 /// scheduler's nanosecond account, `/proc/<pid>/task/<tid>/schedstat`).
 fn store_thread_cpu(pid: u32) -> anyhow::Result<f64> {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let dir = task?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() != "outpost-store" {
-            continue;
-        }
-        let schedstat = std::fs::read_to_string(dir.join("schedstat"))?;
-        let ns: u64 = schedstat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .context("malformed schedstat")?;
-        return Ok(ns as f64 / 1e9);
-    }
-    bail!("the service has no `outpost-store` thread")
+    crate::cpu::thread_seconds(pid, "outpost-store")
+        .context("the service has no `outpost-store` thread")
 }
 
 /// Sends a signal (`STOP`, `CONT`) to the service process.
