@@ -35,7 +35,10 @@
 //!   it writes is captured as a local change. As the capture triggers do
 //!   nothing on it, each of its transactions runs with triggers off unless
 //!   the file has triggers of its own (named without the reserved `_outpost_`
-//!   prefix), which then fire for the data the replica writes as before.
+//!   prefix), which then fire for the data the replica writes as before;
+//! - the replica's commits never copy the write-ahead log into the file
+//!   themselves: a thread of its own does ([`wal`]), so a large sync is
+//!   readable as soon as it commits.
 //!
 //! Values are stored as they arrive; SQLite stores a REAL NaN as NULL, which
 //! does not affect checksums because they are computed from the values on the
@@ -56,6 +59,7 @@ mod tests;
 #[cfg(test)]
 mod throughput;
 mod values;
+mod wal;
 #[cfg(test)]
 mod write_tests;
 
@@ -222,6 +226,9 @@ pub struct Replica {
     /// until another connection commits, it still is (this connection never
     /// writes to it), and polling it reads nothing.
     outbox_empty_at: Option<i64>,
+    /// Checkpoints the file's log beside this connection's commits (`None`
+    /// when read-only). Declared after `conn`, so dropped after it.
+    _checkpointer: Option<wal::Checkpointer>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -302,7 +309,8 @@ impl Replica {
     /// the `_outpost_` tables, and a client id on first use. Its connection
     /// does not capture writes; apps write through [`crate::LocalDb`].
     pub fn open(path: &Path) -> Result<Self, ClientError> {
-        let (conn, client_id) = open_file(path, false, Duration::from_secs(10))?;
+        let (mut conn, client_id) = open_file(path, false, Duration::from_secs(10))?;
+        let checkpointer = wal::Checkpointer::start(&mut conn, path)?;
         let mut replica = Replica {
             conn,
             path: path.to_path_buf(),
@@ -313,6 +321,7 @@ impl Replica {
             triggers: true,
             pending: None,
             outbox_empty_at: None,
+            _checkpointer: Some(checkpointer),
         };
         replica.reload()?;
         Ok(replica)
@@ -364,6 +373,7 @@ impl Replica {
             triggers: true,
             pending: None,
             outbox_empty_at: None,
+            _checkpointer: None,
         };
         replica.reload()?;
         Ok(replica)

@@ -444,3 +444,47 @@ fn large_initial_sync() {
         start.elapsed()
     );
 }
+
+#[test]
+fn the_log_is_copied_into_the_file_beside_the_commits_and_removed_on_close() {
+    let (dir, mut r) = open();
+    let db = dir.path().join("replica.db");
+    let wal = dir.path().join("replica.db-wal");
+    r.apply_schema(&schema("v1", false)).expect("schema");
+    // Well over the 1000 log frames that wake the WAL thread.
+    let title = "x".repeat(200);
+    let rows: Vec<(i64, &str)> = (1..=30_000).map(|id| (id, title.as_str())).collect();
+    for chunk in rows.chunks(1000) {
+        let ops = chunk.iter().map(|(id, t)| put(*id, t)).collect();
+        r.apply_batch(&batch("a", ops)).expect("data");
+    }
+    let cp = checkpoint(1, vec![expected("a", &rows)]);
+    assert_eq!(
+        applied(r.apply_checkpoint(&cp).expect("checkpoint")),
+        30_000
+    );
+
+    // The rows (about 7 MB) reach the database file with no further commit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&db).expect("db").len() < 6_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log was not checkpointed: db {} bytes, log {} bytes",
+            std::fs::metadata(&db).expect("db").len(),
+            std::fs::metadata(&wal).map_or(0, |m| m.len())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The writer's commits no longer checkpoint themselves.
+    let auto: i64 = r
+        .connection()
+        .query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0))
+        .expect("pragma");
+    assert_eq!(auto, 0);
+    assert_eq!(titles(&r).len(), 30_000);
+
+    drop(r);
+    assert!(!wal.exists(), "the log outlived the replica");
+    let reopened = Replica::open(&db).expect("reopen");
+    assert_eq!(titles(&reopened).len(), 30_000);
+}
