@@ -3,7 +3,7 @@
 //! that the sync writer's commits do not wait for it.
 //!
 //! ```text
-//! sync writer: COMMIT ─▶ WAL hook: ≥ WAL_PAGES frames? ─▶ wake (coalesced)
+//! sync writer: COMMIT ─▶ WAL hook: log grew by WAL_PAGES frames? ─▶ wake (coalesced)
 //! wal thread:  wake ─▶ PRAGMA wal_checkpoint(PASSIVE) on its own connection
 //! ```
 //!
@@ -54,12 +54,21 @@ impl Checkpointer {
         conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?;
         let (wake, woken) = mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
-            .name("outpost-wal".into())
+            .name("outpost-walcopy".into())
             .spawn(move || run(&conn, &woken))
             .map_err(|e| ClientError::Writer(format!("cannot start the WAL thread: {e}")))?;
         let hook = wake.clone();
+        // The log's length when the thread was last woken: a checkpoint
+        // does not shorten the log, the next transaction that finds it all
+        // copied starts it over, so the thread is woken again only once the
+        // log grew by another WAL_PAGES frames (or started over and did).
+        let mut woken_at = 0;
         writer.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
-            if pages >= WAL_PAGES {
+            if pages < woken_at {
+                woken_at = 0;
+            }
+            if pages >= woken_at + WAL_PAGES {
+                woken_at = pages;
                 // Full: a wake-up is already queued, which is enough.
                 let _ = hook.try_send(());
             }

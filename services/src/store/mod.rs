@@ -49,6 +49,7 @@
 //!   parent: `(source, parent mirror key, child mirror key)`, so that a
 //!   changed parent finds the rows routed through it.
 
+mod checkpointer;
 mod index;
 mod mirror;
 mod reader;
@@ -85,6 +86,8 @@ pub enum StoreError {
     Meta { key: &'static str, value: String },
     #[error("mirror row {key} of {tbl} is damaged")]
     Mirror { tbl: String, key: String },
+    #[error("store: cannot start the thread that checkpoints its log: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// The database file inside a data directory.

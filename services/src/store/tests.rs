@@ -331,3 +331,55 @@ fn a_store_of_an_older_layout_is_emptied_and_reopened() {
     w.mark_commit(Lsn(10), Lsn(11));
     w.commit().unwrap();
 }
+
+#[test]
+fn the_log_is_copied_into_the_file_beside_the_commits_and_removed_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = database_path(dir.path());
+    let wal = dir.path().join("outpost.db-wal");
+    let mut w = StoreWriter::open(&path).unwrap();
+    w.reinitialise("v1", "slot", "epoch1").unwrap();
+    w.commit().unwrap();
+    // Small commits, as live changes make them, well past the 1000 log
+    // frames that wake the thread.
+    let title = "x".repeat(300);
+    for txn in 0..100i64 {
+        w.begin().unwrap();
+        for i in 0..100 {
+            let id = txn * 100 + i;
+            let (row, hash) = op(id, &title);
+            w.bucket_put(
+                "b",
+                "todos",
+                &format!("[{id}]"),
+                &row.encode_to_vec(),
+                hash,
+                None,
+            )
+            .unwrap();
+        }
+        w.mark_commit(Lsn(10 + txn as u64 * 2), Lsn(11 + txn as u64 * 2));
+        w.commit().unwrap();
+    }
+    // The rows (several MB) reach the database file, with no checkpoint
+    // in the writer's commits.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&path).unwrap().len() < 4_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log was not checkpointed: store {} bytes, log {} bytes",
+            std::fs::metadata(&path).unwrap().len(),
+            std::fs::metadata(&wal).map_or(0, |m| m.len())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let auto: i64 = w
+        .conn
+        .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(auto, 0);
+    drop(w);
+    assert!(!wal.exists(), "the log outlived the writer");
+    let w = StoreWriter::open(&path).unwrap();
+    assert_eq!(w.state().last_op_id, 10_000);
+}

@@ -58,6 +58,9 @@ pub struct StoreWriter {
     /// False only when the `tombstones` table is known to be empty: a row
     /// entering a bucket then has no tombstone there to replace.
     tombstones_maybe: bool,
+    /// Checkpoints the log beside the commits. Declared after `conn`, so
+    /// dropped after it.
+    _checkpointer: super::checkpointer::Checkpointer,
 }
 
 /// Whether the `tombstones` table holds anything.
@@ -202,7 +205,8 @@ fn committed_state(conn: &rusqlite::Connection, last_op_id: u64) -> Result<Store
 impl StoreWriter {
     /// Opens (creating if needed) the store database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = open_connection(path, false)?;
+        let mut conn = open_connection(path, false)?;
+        let checkpointer = super::checkpointer::Checkpointer::start(&mut conn, path)?;
         let last_op_id = match meta_get(&conn, "last_op_id")? {
             None => 0,
             Some(v) => v.parse().map_err(|_| StoreError::Meta {
@@ -219,6 +223,7 @@ impl StoreWriter {
             touched: Touched::default(),
             sums: BucketSums::default(),
             tombstones_maybe,
+            _checkpointer: checkpointer,
         })
     }
 
