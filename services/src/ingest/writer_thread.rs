@@ -3,6 +3,13 @@
 //! transaction boundaries (group commit: one store commit for every run of
 //! transactions that arrive together), then publishing the new [`Progress`].
 //!
+//! A group commits when nothing more is queued, or when what is queued
+//! next does not end a transaction (a long transaction never holds back
+//! the complete ones before it), or after 100 ms or 100,000 ops. At a
+//! keepalive following a commit by less than 250 µs (a backlog being
+//! drained, where Postgres sends one after every transaction), it first
+//! waits out the rest of those 250 µs.
+//!
 //! SQLite calls block, so they run on this dedicated thread; the replication
 //! task keeps reading the network meanwhile. The channel between them is
 //! bounded, which applies back-pressure to the walsender.
@@ -20,6 +27,13 @@ use tokio::sync::{mpsc, watch};
 /// A store commit is forced at the next transaction boundary past these.
 const GROUP_COMMIT_MAX_AGE: Duration = Duration::from_millis(100);
 const GROUP_COMMIT_MAX_OPS: u64 = 100_000;
+/// At an idle position (a keepalive between transactions), a store commit
+/// that would follow the previous one sooner than this waits for the rest
+/// of it, taking in what arrives meanwhile. Draining a backlog, Postgres
+/// may send a keepalive after every transaction; committing at each one
+/// made a store commit of nearly every transaction, and with many users
+/// each such commit writes its own pages of every bucket it touches.
+const GROUP_COMMIT_MIN_GAP: Duration = Duration::from_micros(250);
 /// Batches of messages the channel from the replication task holds: with up
 /// to 512 messages each, enough to keep the writer busy while the network is
 /// read, few enough to bound the memory a slow writer lets pile up.
@@ -168,6 +182,40 @@ pub fn spawn_writer(mut store: StoreWriter, schema: Arc<CompiledSchema>) -> Writ
     }
 }
 
+/// Whether the open store transaction must commit at the next boundary.
+fn due(opened_at: Option<Instant>, ops: u64) -> bool {
+    opened_at.is_some_and(|t| t.elapsed() >= GROUP_COMMIT_MAX_AGE) || ops >= GROUP_COMMIT_MAX_OPS
+}
+
+/// At a transaction boundary or an idle position that ends everything
+/// received so far: whether to commit the open group now. With `gap`, the
+/// group first waits out the rest of [`GROUP_COMMIT_MIN_GAP`] since the
+/// last commit (`committed_at`) if that was more recent. Then it looks at
+/// what arrived (taken into `held`): it stays open only for a batch that
+/// ends a transaction, or an idle position, so that a transaction already
+/// complete is never held back by a long one behind it.
+fn commit_now(
+    rx: &mut mpsc::Receiver<WriterMsg>,
+    held: &mut Option<WriterMsg>,
+    gap: Option<Instant>,
+) -> bool {
+    if let Some(committed_at) = gap {
+        let since = committed_at.elapsed();
+        if rx.is_empty() && since < GROUP_COMMIT_MIN_GAP {
+            std::thread::sleep(GROUP_COMMIT_MIN_GAP - since);
+        }
+    }
+    *held = rx.try_recv().ok();
+    match held {
+        None => true,
+        Some(WriterMsg::Replicated(batch)) => {
+            !batch.iter().any(|m| matches!(m, PgOutput::Commit(_)))
+        }
+        Some(WriterMsg::Idle(_)) => false,
+        Some(_) => true,
+    }
+}
+
 fn run(
     mut store: StoreWriter,
     mut changes: RowChanges,
@@ -182,6 +230,7 @@ fn run(
     };
     let mut opened_at: Option<Instant> = None;
     let mut ops_in_txn: u64 = 0;
+    let committed_at = std::cell::Cell::new(Instant::now());
     let mut compacted_at = store.state().last_op_id;
     let mut commit = |store: &mut StoreWriter,
                       opened_at: &mut Option<Instant>,
@@ -196,12 +245,17 @@ fn run(
             }
         }
         store.commit()?;
+        tracing::trace!(ops = *ops, "store commit");
+        committed_at.set(Instant::now());
         *opened_at = None;
         *ops = 0;
         publisher.publish(store);
         Ok(())
     };
-    while let Some(msg) = rx.blocking_recv() {
+    // A message taken off the channel early, to decide whether to commit
+    // before it: handled first on the next turn.
+    let mut held: Option<WriterMsg> = None;
+    while let Some(msg) = held.take().or_else(|| rx.blocking_recv()) {
         match msg {
             WriterMsg::Replicated(batch) => {
                 let last = batch.len().saturating_sub(1);
@@ -212,19 +266,29 @@ fn run(
                     }
                     ops_in_txn += changes.take_ops_written();
                     if closed.is_some() {
-                        let old = opened_at.is_some_and(|t| t.elapsed() >= GROUP_COMMIT_MAX_AGE);
-                        let caught_up = i == last && rx.is_empty();
-                        if caught_up || old || ops_in_txn >= GROUP_COMMIT_MAX_OPS {
+                        let due = due(opened_at, ops_in_txn);
+                        if due || (i == last && commit_now(&mut rx, &mut held, None)) {
                             commit(&mut store, &mut opened_at, &mut ops_in_txn)?;
                         }
                     }
                 }
             }
             WriterMsg::Idle(lsn) => {
-                commit(&mut store, &mut opened_at, &mut ops_in_txn)?;
+                // Postgres may send these between every two transactions of
+                // a backlog: they end a group like a transaction does.
+                if !store.in_transaction()
+                    || due(opened_at, ops_in_txn)
+                    || commit_now(&mut rx, &mut held, Some(committed_at.get()))
+                {
+                    commit(&mut store, &mut opened_at, &mut ops_in_txn)?;
+                }
                 if lsn > store.state().durable_lsn {
                     store.mark_idle(lsn)?;
-                    publisher.publish(&mut store);
+                    // Inside a store transaction the position is published
+                    // with its commit.
+                    if !store.in_transaction() {
+                        publisher.publish(&mut store);
+                    }
                 }
             }
             WriterMsg::Reconnected => {
@@ -267,4 +331,79 @@ fn run(
     }
     store.rollback()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::{Begin, Commit};
+
+    fn begin() -> PgOutput {
+        PgOutput::Begin(Begin {
+            final_lsn: Lsn(0x200),
+            commit_time: 0,
+            xid: 7,
+        })
+    }
+    fn commit() -> PgOutput {
+        PgOutput::Commit(Commit {
+            flags: 0,
+            commit_lsn: Lsn(0x200),
+            end_lsn: Lsn(0x208),
+            commit_time: 0,
+        })
+    }
+
+    #[test]
+    fn a_group_waits_only_for_what_ends_a_transaction() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut held = None;
+        // Nothing queued: commit.
+        assert!(commit_now(&mut rx, &mut held, None));
+        assert!(held.is_none());
+
+        // A short transaction queued behind: it joins the group.
+        tx.try_send(WriterMsg::Replicated(vec![begin(), commit()]))
+            .unwrap();
+        assert!(!commit_now(&mut rx, &mut held, None));
+        assert!(matches!(held.take(), Some(WriterMsg::Replicated(b)) if b.len() == 2));
+
+        // The start of a long one: the complete ones commit first.
+        tx.try_send(WriterMsg::Replicated(vec![begin()])).unwrap();
+        assert!(commit_now(&mut rx, &mut held, None));
+        assert!(matches!(held.take(), Some(WriterMsg::Replicated(b)) if b.len() == 1));
+
+        // An idle position behind: it ends the group instead.
+        tx.try_send(WriterMsg::Idle(Lsn(0x300))).unwrap();
+        assert!(!commit_now(&mut rx, &mut held, None));
+        assert!(matches!(held.take(), Some(WriterMsg::Idle(_))));
+
+        // Anything else: commit before it.
+        tx.try_send(WriterMsg::Reconnected).unwrap();
+        assert!(commit_now(&mut rx, &mut held, None));
+        assert!(matches!(held.take(), Some(WriterMsg::Reconnected)));
+    }
+
+    #[test]
+    fn at_a_keepalive_right_after_a_commit_the_group_waits_out_the_gap() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut held = None;
+        // The last commit just now, nothing queued: the group waits for
+        // the rest of the gap, then commits.
+        let started = Instant::now();
+        assert!(commit_now(&mut rx, &mut held, Some(Instant::now())));
+        assert!(started.elapsed() >= GROUP_COMMIT_MIN_GAP);
+
+        // A transaction already queued joins the group, gap or not.
+        tx.try_send(WriterMsg::Replicated(vec![begin(), commit()]))
+            .unwrap();
+        assert!(!commit_now(&mut rx, &mut held, Some(Instant::now())));
+        assert!(held.take().is_some());
+
+        // Without the gap (a transaction boundary), no wait at all is
+        // needed to commit: the channel is only looked at.
+        let long_ago = Instant::now() - Duration::from_secs(1);
+        assert!(commit_now(&mut rx, &mut held, Some(long_ago)));
+        assert!(commit_now(&mut rx, &mut held, None));
+    }
 }
