@@ -1,5 +1,6 @@
 //! Ingest against a real catalog: memberships, hops and re-routing, driven
-//! by pgoutput messages built here and checked in the store.
+//! by pgoutput messages built here and checked in the store; and when the
+//! writer thread commits what it was sent.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,6 +76,31 @@ fn tuple(values: &[Option<&str>]) -> Tuple {
     )
 }
 
+/// The Relation messages of [`TABLES`] (every column text).
+fn relations() -> Vec<PgOutput> {
+    TABLES
+        .iter()
+        .enumerate()
+        .map(|(i, (name, columns))| {
+            PgOutput::Relation(Relation {
+                id: 1000 + i as u32,
+                namespace: "public".into(),
+                name: (*name).into(),
+                replica_identity: b'd',
+                columns: columns
+                    .iter()
+                    .map(|c| RelationColumn {
+                        is_key: false,
+                        name: (*c).into(),
+                        type_oid: 25,
+                        type_modifier: -1,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
 struct Harness {
     store: StoreWriter,
     changes: RowChanges,
@@ -93,25 +119,8 @@ impl Harness {
             .expect("init");
         store.commit().expect("commit");
         let mut changes = RowChanges::new(Arc::new(schema));
-        for (i, (name, columns)) in TABLES.iter().enumerate() {
-            let relation = Relation {
-                id: 1000 + i as u32,
-                namespace: "public".into(),
-                name: (*name).into(),
-                replica_identity: b'd',
-                columns: columns
-                    .iter()
-                    .map(|c| RelationColumn {
-                        is_key: false,
-                        name: (*c).into(),
-                        type_oid: 25,
-                        type_modifier: -1,
-                    })
-                    .collect(),
-            };
-            changes
-                .apply(&mut store, PgOutput::Relation(relation))
-                .expect("relation");
+        for relation in relations() {
+            changes.apply(&mut store, relation).expect("relation");
         }
         Harness {
             store,
@@ -290,4 +299,56 @@ fn memberships_and_hops_follow_every_change() {
     })]);
     assert!(h.members(1, r#"["dan"]"#).0.is_empty());
     assert!(h.members(1, r#"["eve"]"#).0.is_empty());
+}
+
+#[test]
+fn a_complete_transaction_commits_before_one_its_batch_leaves_unfinished() {
+    let (_pg, schema) = compiled();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut store = StoreWriter::open(&database_path(dir.path())).expect("store");
+    store
+        .reinitialise(&schema.version, "slot", "epoch")
+        .expect("init");
+    store.commit().expect("commit");
+    let mut handle = super::spawn_writer(store, Arc::new(schema));
+    let begin = |lsn: u64| {
+        PgOutput::Begin(Begin {
+            final_lsn: Lsn(lsn),
+            commit_time: 0,
+            xid: 1,
+        })
+    };
+    // One batch: a whole transaction, then the start of the next one.
+    let mut batch = relations();
+    batch.extend([
+        begin(0x2000),
+        insert("comments", &[s("1"), s("1"), s("a")]),
+        PgOutput::Commit(Commit {
+            flags: 0,
+            commit_lsn: Lsn(0x2000),
+            end_lsn: Lsn(0x2008),
+            commit_time: 0,
+        }),
+        begin(0x3000),
+        insert("comments", &[s("2"), s("1"), s("b")]),
+    ]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stored = rt.block_on(async {
+        handle
+            .tx
+            .send(super::WriterMsg::Replicated(batch))
+            .await
+            .expect("send");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            handle.progress.wait_for(|p| p.durable_lsn >= Lsn(0x2008)),
+        )
+        .await
+        .is_ok()
+    });
+    assert!(stored, "the complete transaction waited for the next one");
+    handle.close_and_join().expect("writer");
 }

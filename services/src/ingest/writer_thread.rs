@@ -3,9 +3,10 @@
 //! transaction boundaries (group commit: one store commit for every run of
 //! transactions that arrive together), then publishing the new [`Progress`].
 //!
-//! A group commits when nothing more is queued, or when what is queued
-//! next does not end a transaction (a long transaction never holds back
-//! the complete ones before it), or after 100 ms or 100,000 ops. At a
+//! A group commits at the last transaction end of a batch when nothing
+//! more is queued, or when the next batch queued does not end a
+//! transaction either (so complete transactions do not wait for a long one
+//! behind them), or after 100 ms or 100,000 ops. At a
 //! keepalive following a commit by less than 250 µs (a backlog being
 //! drained, where Postgres sends one after every transaction), it first
 //! waits out the rest of those 250 µs.
@@ -187,8 +188,9 @@ fn due(opened_at: Option<Instant>, ops: u64) -> bool {
     opened_at.is_some_and(|t| t.elapsed() >= GROUP_COMMIT_MAX_AGE) || ops >= GROUP_COMMIT_MAX_OPS
 }
 
-/// At a transaction boundary or an idle position that ends everything
-/// received so far: whether to commit the open group now. With `gap`, the
+/// At the last transaction end received so far (what follows it in its
+/// batch, if anything, does not end), or an idle position: whether to
+/// commit the open group now. With `gap`, the
 /// group first waits out the rest of [`GROUP_COMMIT_MIN_GAP`] since the
 /// last commit (`committed_at`) if that was more recent. Then it looks at
 /// what arrived (taken into `held`): it stays open only for a batch that
@@ -258,7 +260,9 @@ fn run(
     while let Some(msg) = held.take().or_else(|| rx.blocking_recv()) {
         match msg {
             WriterMsg::Replicated(batch) => {
-                let last = batch.len().saturating_sub(1);
+                // The last transaction end of the batch: what follows it
+                // (if anything) starts a transaction the batch does not end.
+                let last_end = batch.iter().rposition(|m| matches!(m, PgOutput::Commit(_)));
                 for (i, m) in batch.into_iter().enumerate() {
                     let closed = changes.apply(&mut store, m)?;
                     if store.in_transaction() && opened_at.is_none() {
@@ -267,7 +271,8 @@ fn run(
                     ops_in_txn += changes.take_ops_written();
                     if closed.is_some() {
                         let due = due(opened_at, ops_in_txn);
-                        if due || (i == last && commit_now(&mut rx, &mut held, None)) {
+                        let at_last_end = Some(i) == last_end;
+                        if due || (at_last_end && commit_now(&mut rx, &mut held, None)) {
                             commit(&mut store, &mut opened_at, &mut ops_in_txn)?;
                         }
                     }
