@@ -15,10 +15,10 @@
 //! Invariants: the writer's connection has no automatic checkpoint (its WAL
 //! hook replaces it), every other connection keeps its own; a checkpoint
 //! here is PASSIVE, so it never blocks a writer or a reader and never waits
-//! for one; the thread stops when the writer's connection is closed and is
-//! joined when the [`Replica`](super::Replica) is dropped, after the
-//! writer's connection, so that the last connection to close is this one
-//! and SQLite's checkpoint on close leaves the file without a log.
+//! for one; the thread runs until the [`Checkpointer`] is dropped, which
+//! the [`Replica`](super::Replica) does after closing the writer's
+//! connection, so that the last connection to close is this one and
+//! SQLite's checkpoint on close leaves the file without a log.
 
 use crate::ClientError;
 use rusqlite::Connection;

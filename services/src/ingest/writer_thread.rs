@@ -190,12 +190,11 @@ fn due(opened_at: Option<Instant>, ops: u64) -> bool {
 
 /// At the last transaction end received so far (what follows it in its
 /// batch, if anything, does not end), or an idle position: whether to
-/// commit the open group now. With `gap`, the
-/// group first waits out the rest of [`GROUP_COMMIT_MIN_GAP`] since the
-/// last commit (`committed_at`) if that was more recent. Then it looks at
-/// what arrived (taken into `held`): it stays open only for a batch that
-/// ends a transaction, or an idle position, so that a transaction already
-/// complete is never held back by a long one behind it.
+/// commit the open group now. With `gap` (the last commit's time), the
+/// group first waits out the rest of [`GROUP_COMMIT_MIN_GAP`] since then.
+/// Then it looks at what arrived (taken into `held`): it stays open only
+/// for a batch that ends a transaction, or an idle position, so that
+/// complete transactions do not wait for a long one behind them.
 fn commit_now(
     rx: &mut mpsc::Receiver<WriterMsg>,
     held: &mut Option<WriterMsg>,
