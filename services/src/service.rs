@@ -59,6 +59,9 @@ pub enum ServiceError {
 /// Postgres connections applying client writes at once: each waits on a
 /// round trip most of the time, so more than the cores of a small server.
 const WRITE_CONNECTIONS: usize = 8;
+/// Write batches applied at once (on as many of those connections): few,
+/// so that under load the requests waiting share a transaction.
+const WRITE_BATCHES: usize = 2;
 /// Store reads for streams at once (and reader connections kept open).
 const STORE_READERS: usize = 8;
 /// How often a stream whose data did not change is told how far the store
@@ -210,6 +213,7 @@ pub async fn start(cfg: ServiceConfig) -> Result<RunningService, ServiceError> {
                 .parse()
                 .map_err(ServiceError::DatabaseUrl)?,
             connections: WRITE_CONNECTIONS,
+            batches: WRITE_BATCHES,
             publication: Some(cfg.publication.clone()),
         };
         Some(Arc::new(Applier::start(applier_cfg, &schema, rules).await?))

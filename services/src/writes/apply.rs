@@ -50,6 +50,16 @@ pub(super) struct RequestCx<'a> {
     pub claims_json: String,
 }
 
+impl<'a> RequestCx<'a> {
+    pub(super) fn new(client_id: &'a str, claims: &'a Claims) -> Self {
+        RequestCx {
+            client_id,
+            claims,
+            claims_json: serde_json::Value::Object(claims.0.clone()).to_string(),
+        }
+    }
+}
+
 fn result(seq: u64, status: Status) -> GroupResult {
     GroupResult {
         seq,
@@ -143,7 +153,7 @@ impl Applier {
     }
 
     /// The answer to a group recorded before (no transaction open).
-    async fn duplicate(
+    pub(super) async fn duplicate(
         &self,
         conn: &mut Conn,
         client_id: &str,

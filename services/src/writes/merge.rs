@@ -61,10 +61,7 @@ pub(crate) fn insert(plan: &TablePlan, key: &[String], written: &[Written]) -> S
         let column = &plan.columns[w.column];
         let value = plan.param(w.column, params.len());
         names.push(column.quoted.clone());
-        values.push(match column.merge {
-            MergeKind::SetUnion => union(&format!("NULL::{}", column.cast), &value),
-            _ => value,
-        });
+        values.push(inserted(column.merge, &column.cast, &value));
     }
     let key_names: Vec<&str> = plan
         .primary_key
@@ -84,6 +81,27 @@ pub(crate) fn insert(plan: &TablePlan, key: &[String], written: &[Written]) -> S
     }
 }
 
+/// The value a column of kind `merge` takes in an update: `current` (SQL)
+/// merged with the written `value` (SQL).
+pub(crate) fn merged(merge: MergeKind, current: &str, value: &str) -> String {
+    match merge {
+        MergeKind::Lww | MergeKind::RejectIfStale => value.to_string(),
+        MergeKind::Counter => format!("coalesce({current}, 0) + {value}"),
+        MergeKind::Max => format!("GREATEST({current}, {value})"),
+        MergeKind::Min => format!("LEAST({current}, {value})"),
+        MergeKind::SetUnion => union(current, value),
+    }
+}
+
+/// The value a column takes in a new row: the written `value` (SQL), or
+/// its distinct elements for a set union.
+pub(crate) fn inserted(merge: MergeKind, cast: &str, value: &str) -> String {
+    match merge {
+        MergeKind::SetUnion => union(&format!("NULL::{cast}"), value),
+        _ => value.to_string(),
+    }
+}
+
 /// `UPDATE … SET <merged columns> WHERE <key> RETURNING <row>`; `None`
 /// when nothing is to be written.
 pub(crate) fn update(plan: &TablePlan, key: &[String], written: &[Written]) -> Option<Sql> {
@@ -97,14 +115,7 @@ pub(crate) fn update(plan: &TablePlan, key: &[String], written: &[Written]) -> O
         let column = &plan.columns[w.column];
         let col = &column.quoted;
         let value = plan.param(w.column, params.len());
-        let expr = match column.merge {
-            MergeKind::Lww | MergeKind::RejectIfStale => value,
-            MergeKind::Counter => format!("coalesce({col}, 0) + {value}"),
-            MergeKind::Max => format!("GREATEST({col}, {value})"),
-            MergeKind::Min => format!("LEAST({col}, {value})"),
-            MergeKind::SetUnion => union(col, &value),
-        };
-        sets.push(format!("{col} = {expr}"));
+        sets.push(format!("{col} = {}", merged(column.merge, col, &value)));
     }
     Some(Sql {
         text: format!(

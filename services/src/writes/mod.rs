@@ -35,6 +35,8 @@
 //! [`reason`] (the rejection codes).
 
 mod apply;
+mod batch;
+mod batch_sql;
 mod function;
 pub mod hlc;
 mod ledger;
@@ -43,6 +45,7 @@ mod op;
 mod pipeline;
 mod plan;
 mod pool;
+mod queue;
 mod reject;
 mod values;
 
@@ -50,6 +53,7 @@ mod values;
 mod tests;
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Not;
 use std::sync::Arc;
 
 use outpost_proto::v1::{GroupResult, OpGroup};
@@ -59,6 +63,7 @@ use crate::schema::{CompiledSchema, MergeKind, WriteRules};
 use apply::RequestCx;
 use plan::TablePlan;
 use pool::Pool;
+use queue::Queue;
 pub use reject::reason;
 
 /// Most groups in one request.
@@ -81,6 +86,11 @@ pub enum WriteError {
     /// more of the request was applied; retrying is safe.
     #[error("Postgres failed while applying writes: {0}")]
     Postgres(tokio_postgres::Error),
+    /// Postgres failed while applying writes of this request together
+    /// with others: nothing more of the request was applied; retrying is
+    /// safe.
+    #[error("Postgres failed while applying writes: {0}")]
+    Interrupted(String),
     #[error("the write ledger is inconsistent: {0}")]
     Ledger(String),
     /// The request itself is malformed or too large.
@@ -94,6 +104,10 @@ pub struct ApplierConfig {
     pub pg: tokio_postgres::Config,
     /// Connections applying writes at once.
     pub connections: usize,
+    /// Batches of groups applied at once (each on one of the
+    /// connections): while that many run, requests wait and the next batch
+    /// takes them all.
+    pub batches: usize,
     /// The replication publication, from which Outpost's own tables are
     /// kept out.
     pub publication: Option<String>,
@@ -108,6 +122,7 @@ pub struct Applier {
     /// Synced tables without write rules, by client name.
     read_only: HashSet<String>,
     rules: WriteRules,
+    queue: Queue,
 }
 
 impl Applier {
@@ -173,8 +188,14 @@ impl Applier {
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                 .collect::<Result<HashMap<String, String>, tokio_postgres::Error>>()
                 .map_err(WriteError::Setup)?;
-            let plan = TablePlan::new(table, table_rules, &casts, commit_times)
+            let mut plan = TablePlan::new(table, table_rules, &casts, commit_times)
                 .map_err(WriteError::Plan)?;
+            plan.batchable = conn
+                .query_opt(plan::SIDE_EFFECTS, &[&qualified])
+                .await
+                .and_then(|r| r.map_or(Ok(true), |r| r.try_get::<_, bool>(0)))
+                .map_err(WriteError::Setup)?
+                .not();
             plans.insert(table.client_name.clone(), plan);
         }
         drop(conn);
@@ -184,6 +205,7 @@ impl Applier {
             plans,
             read_only,
             rules,
+            queue: Queue::new(cfg.batches),
         })
     }
 
@@ -204,12 +226,20 @@ impl Applier {
         groups: &[OpGroup],
     ) -> Result<Vec<GroupResult>, WriteError> {
         check_request(client_id, groups)?;
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batchable = groups.iter().flat_map(|g| &g.ops).any(|op| {
+            self.plans
+                .get(&op.table)
+                .is_some_and(|p| p.batchable && p.function.is_none())
+        });
+        if batchable {
+            return self.apply_queued(client_id, claims, groups).await;
+        }
+        // Nothing to batch: applied at once, on a connection of its own.
         let mut conn = self.pool.get().await.map_err(WriteError::Postgres)?;
-        let cx = RequestCx {
-            client_id,
-            claims,
-            claims_json: serde_json::Value::Object(claims.0.clone()).to_string(),
-        };
+        let cx = RequestCx::new(client_id, claims);
         let mut results = Vec::with_capacity(groups.len());
         for group in groups {
             results.push(self.apply_group(&mut conn, &cx, group).await?);

@@ -32,9 +32,9 @@ use crate::schema::{MergeKind, WriteKind};
 const MAX_INSERT_RACES: u32 = 3;
 
 /// A row as text, every column in catalog order.
-type Row = Vec<Option<String>>;
+pub(super) type Row = Vec<Option<String>>;
 
-fn read_row(row: &tokio_postgres::Row, width: usize) -> Result<Row, tokio_postgres::Error> {
+pub(super) fn read_row(row: &tokio_postgres::Row, width: usize) -> Result<Row, tokio_postgres::Error> {
     (0..width).map(|i| row.try_get(i)).collect()
 }
 
@@ -44,7 +44,7 @@ fn text_params(params: &[Option<String>]) -> Vec<&(dyn ToSql + Sync)> {
 
 /// The key of a row as `column_versions` records it: a JSON array of the
 /// key columns' text, as Postgres prints them.
-fn version_key(plan: &TablePlan, row: &Row) -> String {
+pub(super) fn version_key(plan: &TablePlan, row: &Row) -> String {
     let key: Vec<Option<&str>> = plan
         .primary_key
         .iter()
@@ -54,13 +54,15 @@ fn version_key(plan: &TablePlan, row: &Row) -> String {
 }
 
 /// An op after its values were converted.
-struct Op<'a> {
-    index: u32,
-    kind: WriteKind,
-    version: Version,
-    key: Vec<String>,
-    written: Vec<Written>,
-    before: HashMap<&'a str, &'a Value>,
+pub(super) struct Op<'a> {
+    pub index: u32,
+    pub kind: WriteKind,
+    pub version: Version,
+    /// The key columns' text, as the op gives them.
+    pub key: Vec<String>,
+    pub written: Vec<Written>,
+    /// What the client saw, by column name (`reject_if_stale`).
+    pub before: HashMap<&'a str, &'a Value>,
 }
 
 /// How one run of an op ended.
@@ -71,14 +73,14 @@ enum OpEnd {
 }
 
 impl Applier {
-    pub(super) async fn apply_op(
-        &self,
-        conn: &mut Conn,
+    /// Checks op `index` and converts its values: the table's plan and the
+    /// op, or the group's rejection.
+    pub(super) fn convert_op<'a>(
+        &'a self,
         cx: &RequestCx<'_>,
         index: u32,
-        op: &WriteOp,
-        pipeline: &mut Pipeline<'_>,
-    ) -> Result<(), GroupError> {
+        op: &'a WriteOp,
+    ) -> Result<(&'a TablePlan, Op<'a>), GroupError> {
         let refuse = |code, message: String| GroupError::rejected(code, message, index);
         let Some(plan) = self.plans.get(&op.table) else {
             return Err(if self.read_only.contains(&op.table) {
@@ -128,6 +130,18 @@ impl Applier {
                 .filter_map(|c| Some((c.name.as_str(), c.value.as_ref()?)))
                 .collect(),
         };
+        Ok((plan, op))
+    }
+
+    pub(super) async fn apply_op(
+        &self,
+        conn: &mut Conn,
+        cx: &RequestCx<'_>,
+        index: u32,
+        op: &WriteOp,
+        pipeline: &mut Pipeline<'_>,
+    ) -> Result<(), GroupError> {
+        let (plan, op) = self.convert_op(cx, index, op)?;
         for _ in 0..MAX_INSERT_RACES {
             if let OpEnd::Done = self.apply_op_once(conn, cx, plan, &op, pipeline).await? {
                 return Ok(());
@@ -414,7 +428,7 @@ fn check_counters(plan: &TablePlan, written: &[Written]) -> Result<(), String> {
 
 /// `reject_if_stale` columns the op writes or names in `before` must still
 /// hold what the client saw.
-fn check_stale(plan: &TablePlan, op: &Op<'_>, old: &Row) -> Result<(), String> {
+pub(super) fn check_stale(plan: &TablePlan, op: &Op<'_>, old: &Row) -> Result<(), String> {
     for (c, column) in plan.columns.iter().enumerate() {
         if column.merge != MergeKind::RejectIfStale {
             continue;
@@ -443,7 +457,7 @@ fn check_stale(plan: &TablePlan, op: &Op<'_>, old: &Row) -> Result<(), String> {
 
 /// The versions of the last-writer-wins columns just written, to record;
 /// `replace`: the versions of the row's other columns are forgotten.
-fn versions_written(
+pub(super) fn versions_written(
     plan: &TablePlan,
     key: String,
     written: &[Written],

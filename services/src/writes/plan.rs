@@ -19,6 +19,15 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Whether writes to other rows can change the table's rows behind an
+/// op's back (`$1` the qualified table): a trigger of its own, or a
+/// foreign key with a referential action other than NO ACTION / RESTRICT.
+pub(crate) const SIDE_EFFECTS: &str = "SELECT EXISTS (\
+         SELECT 1 FROM pg_trigger WHERE tgrelid = $1::text::regclass AND NOT tgisinternal) \
+     OR EXISTS (\
+         SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'f' \
+         AND (confdeltype NOT IN ('a', 'r') OR confupdtype NOT IN ('a', 'r')))";
+
 /// A column of a writable table.
 #[derive(Clone, Debug)]
 pub(crate) struct ColumnPlan {
@@ -58,6 +67,11 @@ pub(crate) struct TablePlan {
     pub delete_sql: String,
     /// `"c1"::text, "c2"::text, …`: every column as text.
     pub returning: String,
+    /// The commit time (ms) of the row's last change, 0 when unknown.
+    pub commit_ms: &'static str,
+    /// Its ops may be applied in batches: no trigger and no referential
+    /// action changes its rows as a side effect of other writes.
+    pub batchable: bool,
 }
 
 impl TablePlan {
@@ -112,10 +126,13 @@ impl TablePlan {
             lock_sql: String::new(),
             delete_sql: String::new(),
             returning,
+            commit_ms,
+            batchable: false,
         };
         plan.lock_sql = format!(
-            "SELECT {}, {commit_ms} FROM {} WHERE {} FOR UPDATE",
+            "SELECT {}, {} FROM {} WHERE {} FOR UPDATE",
             plan.returning,
+            plan.commit_ms,
             plan.qualified,
             plan.key_condition(0)
         );
@@ -146,6 +163,15 @@ impl TablePlan {
             })
             .collect::<Vec<_>>()
             .join(" AND ")
+    }
+
+    /// The key columns, quoted, comma-separated.
+    pub(crate) fn key_columns(&self) -> String {
+        self.primary_key
+            .iter()
+            .map(|&c| self.columns[c].quoted.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The column named `name`.

@@ -1,6 +1,7 @@
 //! Tests of the write path against real Postgres clusters: the applier is
 //! driven in-process, and the state is read back from Postgres.
 
+mod batched;
 mod commutative;
 mod grpc;
 mod idempotency;
@@ -74,6 +75,7 @@ pub(super) async fn applier(pg: &PgCluster, toml: &str) -> Applier {
     let cfg = ApplierConfig {
         pg: pg.url(DB).parse().expect("url"),
         connections: 3,
+        batches: 2,
         publication: Some("outpost".into()),
     };
     Applier::start(cfg, &schema, rules).await.expect("applier")

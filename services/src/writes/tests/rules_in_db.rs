@@ -88,6 +88,7 @@ fn the_example_app_accepts_its_owners_writes() {
         let cfg = ApplierConfig {
             pg: pg.url(DB).parse().expect("url"),
             connections: 1,
+            batches: 1,
             publication: None,
         };
         let applier = Applier::start(cfg, &schema, rules).await.expect("applier");

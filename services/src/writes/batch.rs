@@ -1,0 +1,684 @@
+//! A batch: op groups — consecutive ones of a request, and those of
+//! requests waiting together — applied in one Postgres transaction, with a
+//! few statements for all their ops (`batch_sql`) in three round trips,
+//! however many groups it holds.
+//!
+//! ```text
+//! BEGIN, claim every group; per table: the keys as Postgres prints
+//!   them, lock the rows; the column versions of the rows      ─ round trip 1
+//! per op: what it does (insert / update / delete / nothing), the
+//!   permission on the old row, the stale check, the last-writer-wins
+//!   winners
+//! per table, in order of first use: insert, update, delete     ─ round trip 2
+//! per op: the permission on the row written
+//! the column versions, COMMIT, pg_current_wal_lsn()            ─ round trip 3
+//! ```
+//!
+//! Invariants: a batch holds only groups whose ops need no table function,
+//! are on tables no trigger or referential action changes behind their
+//! back, touch pairwise different rows and converted cleanly
+//! ([`Batch::admits`]), so applying them together does what applying them
+//! one at a time would. It is all or nothing: anything but a clean run of
+//! every group — a rejection, a key inserted concurrently, a key not in the
+//! form Postgres prints it, an error Postgres reports for the data — rolls
+//! the whole batch back and answers [`BatchEnd::Fallback`], and the caller
+//! applies the groups one at a time, where each gets its own verdict.
+//! Groups the claim finds recorded before write nothing and are answered
+//! as duplicates.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use futures::future::{OptionFuture, join, join_all, join3, join4};
+use outpost_proto::v1::OpGroup;
+use tokio_postgres::Row as PgRow;
+use tokio_postgres::types::ToSql;
+
+use super::Applier;
+use super::apply::RequestCx;
+use super::batch_sql;
+use super::hlc::Version;
+use super::ledger::{self, ColumnVersion, VersionWrite};
+use super::merge::{self, Written};
+use super::op::{Op, Row, check_stale, read_row, version_key, versions_written};
+use super::plan::TablePlan;
+use super::pool::Conn;
+use super::reject::{GroupError, Stage, classify};
+use crate::lsn::Lsn;
+use crate::schema::{MergeKind, WriteKind};
+
+/// Most groups in one batch.
+pub(super) const MAX_GROUPS: usize = 1000;
+/// Most ops in one batch.
+pub(super) const MAX_OPS: usize = 2000;
+
+/// A group ready to join a batch: its ops checked and converted.
+pub(super) struct Member<'a> {
+    pub cx: &'a RequestCx<'a>,
+    pub group: &'a OpGroup,
+    pub seq: i64,
+    ops: Vec<(&'a TablePlan, Op<'a>)>,
+    /// The version keys of its rows, as the ops give them.
+    rows: Vec<String>,
+}
+
+impl Applier {
+    /// The group as a batch member, or `None` when it must be applied
+    /// alone: an op needs the table function, is on a table that cannot be
+    /// batched, does not convert (it is rejected alone), or two ops touch
+    /// the same row.
+    pub(super) fn member<'a>(
+        &'a self,
+        cx: &'a RequestCx<'a>,
+        group: &'a OpGroup,
+    ) -> Option<Member<'a>> {
+        let seq = i64::try_from(group.seq).ok()?;
+        let mut ops = Vec::with_capacity(group.ops.len());
+        let mut rows = Vec::with_capacity(group.ops.len());
+        let mut seen = HashSet::with_capacity(group.ops.len());
+        for (i, op) in group.ops.iter().enumerate() {
+            let (plan, op) = self.convert_op(cx, u32::try_from(i).ok()?, op).ok()?;
+            if !plan.batchable || plan.function.is_some() {
+                return None;
+            }
+            let row = given_key(&op);
+            if !seen.insert((plan.label.as_str(), row.clone())) {
+                return None;
+            }
+            rows.push(row);
+            ops.push((plan, op));
+        }
+        Some(Member {
+            cx,
+            group,
+            seq,
+            ops,
+            rows,
+        })
+    }
+}
+
+/// The version key of an op's row, from the key as the op gives it.
+fn given_key(op: &Op<'_>) -> String {
+    let key: Vec<Option<&str>> = op.key.iter().map(|k| Some(k.as_str())).collect();
+    serde_json::to_string(&key).unwrap_or_default()
+}
+
+/// Groups to apply together.
+#[derive(Default)]
+pub(super) struct Batch<'a> {
+    pub members: Vec<Member<'a>>,
+    /// Every row of the batch: (table label, version key).
+    rows: HashSet<(&'a str, String)>,
+    /// Every group of the batch: (client id, seq).
+    groups: HashSet<(&'a str, i64)>,
+    ops: usize,
+}
+
+impl<'a> Batch<'a> {
+    /// Whether `member` can join: the batch has room, and none of its rows
+    /// or its ledger entry is the batch's already.
+    pub(super) fn admits(&self, member: &Member<'a>) -> bool {
+        self.members.len() < MAX_GROUPS
+            && self.ops + member.ops.len() <= MAX_OPS
+            && !self.groups.contains(&(member.cx.client_id, member.seq))
+            && member
+                .ops
+                .iter()
+                .zip(&member.rows)
+                .all(|((plan, _), row)| !self.rows.contains(&(plan.label.as_str(), row.clone())))
+    }
+
+    pub(super) fn push(&mut self, member: Member<'a>) {
+        self.groups.insert((member.cx.client_id, member.seq));
+        for ((plan, _), row) in member.ops.iter().zip(&member.rows) {
+            self.rows.insert((plan.label.as_str(), row.clone()));
+        }
+        self.ops += member.ops.len();
+        self.members.push(member);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.members.len()
+    }
+}
+
+/// How a member of a batch that ran cleanly ended.
+pub(super) enum Outcome {
+    Applied(Lsn),
+    /// Recorded before: answered with the recorded result.
+    Duplicate,
+}
+
+/// How a batch ended.
+pub(super) enum BatchEnd {
+    /// Committed: one outcome per member, in order.
+    Done(Vec<Outcome>),
+    /// Rolled back; apply the groups one at a time.
+    Fallback(String),
+}
+
+/// Why a run stopped short.
+enum Stop {
+    Fallback(String),
+    Transient(tokio_postgres::Error),
+}
+
+fn stop(e: tokio_postgres::Error) -> Stop {
+    match classify(e, Stage::Write, 0) {
+        GroupError::Transient(e) => Stop::Transient(e),
+        GroupError::Rejected(r) => Stop::Fallback(format!("{}: {}", r.code, r.message)),
+        GroupError::Retry(m) => Stop::Fallback(m),
+        GroupError::Recorded => Stop::Fallback("recorded".into()),
+    }
+}
+
+fn fallback<T>(why: impl Into<String>) -> Result<T, Stop> {
+    Err(Stop::Fallback(why.into()))
+}
+
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as _).collect()
+}
+
+/// An op of the batch: (member, op) indexes.
+type At = (usize, usize);
+
+/// The ops of one table, in batch order.
+struct TableOps<'a> {
+    plan: &'a TablePlan,
+    ops: Vec<At>,
+}
+
+/// What an op does, decided on the locked row.
+enum Step {
+    Nothing,
+    Insert,
+    Update {
+        old: Row,
+        winners: Vec<Written>,
+    },
+    /// An update in which no column wins: the row stays as it is.
+    Kept,
+    Delete {
+        old: Row,
+    },
+}
+
+/// The writes of one table.
+#[derive(Default)]
+struct TableWrites {
+    /// By the columns written.
+    inserts: BTreeMap<Vec<usize>, Vec<At>>,
+    updates: Vec<At>,
+    update_columns: BTreeSet<usize>,
+    deletes: Vec<At>,
+}
+
+/// What a write statement wrote, to check.
+enum Wrote {
+    Rows(Vec<At>),
+    Deleted(usize),
+}
+
+impl Applier {
+    /// Applies `batch` in one transaction. An error is transient: the
+    /// batch was rolled back (or the connection is gone).
+    pub(super) async fn run_batch(
+        &self,
+        conn: &mut Conn,
+        batch: &Batch<'_>,
+    ) -> Result<BatchEnd, tokio_postgres::Error> {
+        match self.try_batch(conn, batch).await {
+            Ok(outcomes) => Ok(BatchEnd::Done(outcomes)),
+            Err(Stop::Fallback(why)) => {
+                conn.rollback().await?;
+                Ok(BatchEnd::Fallback(why))
+            }
+            Err(Stop::Transient(e)) => {
+                let _ = conn.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_batch(&self, conn: &mut Conn, batch: &Batch<'_>) -> Result<Vec<Outcome>, Stop> {
+        let members = &batch.members;
+        let op = |(m, o): At| &members[m].ops[o].1;
+        // The tables, in order of first use.
+        let mut tables: Vec<TableOps<'_>> = Vec::new();
+        for (m, member) in members.iter().enumerate() {
+            for (o, (plan, _)) in member.ops.iter().enumerate() {
+                match tables.iter_mut().find(|t| t.plan.label == plan.label) {
+                    Some(t) => t.ops.push((m, o)),
+                    None => tables.push(TableOps {
+                        plan,
+                        ops: vec![(m, o)],
+                    }),
+                }
+            }
+        }
+
+        // Round trip 1: claim, keys, locks, versions.
+        let claim = conn.prepare(batch_sql::CLAIM).await.map_err(stop)?;
+        let mut reads = Vec::with_capacity(tables.len());
+        for t in &tables {
+            let canon = conn
+                .prepare(&batch_sql::canonical_keys(t.plan))
+                .await
+                .map_err(stop)?;
+            let lock = conn.prepare(&batch_sql::lock(t.plan)).await.map_err(stop)?;
+            let keys: Params = (0..t.plan.primary_key.len())
+                .map(|j| {
+                    Box::new(t.ops.iter().map(|&at| op(at).key[j].clone()).collect::<Vec<_>>())
+                        as Box<dyn ToSql + Sync + Send>
+                })
+                .collect();
+            reads.push((canon, lock, keys));
+        }
+        let mut versioned: (Vec<&str>, Vec<String>) = (Vec::new(), Vec::new());
+        for t in &tables {
+            for &at in &t.ops {
+                let op = op(at);
+                if op.kind != WriteKind::Delete
+                    && op
+                        .written
+                        .iter()
+                        .any(|w| t.plan.columns[w.column].merge == MergeKind::Lww)
+                {
+                    versioned.0.push(&t.plan.label);
+                    versioned.1.push(given_key(op));
+                }
+            }
+        }
+        let versions = if versioned.0.is_empty() {
+            None
+        } else {
+            Some(conn.prepare(batch_sql::VERSIONS).await.map_err(stop)?)
+        };
+        let client_ids: Vec<&str> = members.iter().map(|m| m.cx.client_id).collect();
+        let seqs: Vec<i64> = members.iter().map(|m| m.seq).collect();
+        let client = conn.client();
+        let versions_params: [&(dyn ToSql + Sync); 2] = [&versioned.0, &versioned.1];
+        let read_params: Vec<Vec<&(dyn ToSql + Sync)>> =
+            reads.iter().map(|(_, _, keys)| refs(keys)).collect();
+        let (begun, claimed, read, recorded) = join4(
+            conn.begin(),
+            client.query(&claim, &[&client_ids, &seqs]),
+            join_all(
+                reads
+                    .iter()
+                    .zip(&read_params)
+                    .map(|((canon, lock, _), p)| join(client.query(canon, p), client.query(lock, p))),
+            ),
+            OptionFuture::from(
+                versions
+                    .as_ref()
+                    .map(|s| client.query(s, &versions_params)),
+            ),
+        )
+        .await;
+        begun.map_err(stop)?;
+        let claimed: HashSet<(String, i64)> = claimed
+            .map_err(stop)?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(stop)?;
+        let mut locked: Vec<HashMap<String, (Row, i64)>> = Vec::with_capacity(tables.len());
+        for (t, (canon, lock)) in tables.iter().zip(read) {
+            let width = t.plan.columns.len();
+            for (&at, printed) in t.ops.iter().zip(canon.map_err(stop)?) {
+                let printed = read_row(&printed, t.plan.primary_key.len()).map_err(stop)?;
+                let printed = serde_json::to_string(&printed).unwrap_or_default();
+                if printed != given_key(op(at)) {
+                    return fallback("a key is not in the form Postgres prints it");
+                }
+            }
+            let mut rows = HashMap::new();
+            for r in lock.map_err(stop)? {
+                let row = read_row(&r, width).map_err(stop)?;
+                let commit_ms: i64 = r.try_get(width).map_err(stop)?;
+                rows.insert(version_key(t.plan, &row), (row, commit_ms));
+            }
+            locked.push(rows);
+        }
+        let mut recorded_versions: HashMap<(String, String), HashMap<String, ColumnVersion>> =
+            HashMap::new();
+        for r in recorded.transpose().map_err(stop)?.unwrap_or_default() {
+            let (label, key, col, hlc, client_id, value_hash) = version_row(&r).map_err(stop)?;
+            recorded_versions.entry((label, key)).or_default().insert(
+                col,
+                ColumnVersion {
+                    version: Version { hlc, client_id },
+                    value_hash,
+                },
+            );
+        }
+
+        // Each op, decided on its locked row.
+        let applies: Vec<bool> = members
+            .iter()
+            .map(|m| claimed.contains(&(m.cx.client_id.to_string(), m.seq)))
+            .collect();
+        let mut steps: HashMap<At, (Step, i64)> = HashMap::new();
+        let mut writes: Vec<TableWrites> = Vec::with_capacity(tables.len());
+        for (t, rows) in tables.iter().zip(&locked) {
+            let mut w = TableWrites::default();
+            for &at in t.ops.iter().filter(|(m, _)| applies[*m]) {
+                let op = op(at);
+                let cx = members[at.0].cx;
+                let key = given_key(op);
+                let current = rows.get(&key);
+                let (step, commit_ms) = decide(t.plan, op, cx, current, |old, commit_ms| {
+                    let recorded = recorded_versions.get(&(t.plan.label.clone(), key.clone()));
+                    op.written
+                        .iter()
+                        .filter(|w| {
+                            let column = &t.plan.columns[w.column];
+                            column.merge != MergeKind::Lww
+                                || merge::lww_wins(
+                                    old[w.column].as_deref(),
+                                    recorded.and_then(|r| r.get(&column.name)),
+                                    commit_ms,
+                                    &op.version,
+                                )
+                        })
+                        .cloned()
+                        .collect()
+                })?;
+                match &step {
+                    Step::Insert => {
+                        let columns = op.written.iter().map(|w| w.column).collect();
+                        w.inserts.entry(columns).or_default().push(at);
+                    }
+                    Step::Update { winners, .. } => {
+                        w.update_columns.extend(winners.iter().map(|w| w.column));
+                        w.updates.push(at);
+                    }
+                    Step::Delete { .. } => w.deletes.push(at),
+                    Step::Nothing | Step::Kept => {}
+                }
+                steps.insert(at, (step, commit_ms));
+            }
+            writes.push(w);
+        }
+
+        // Round trip 2: the writes, table by table in order of first use.
+        let mut statements = Vec::new();
+        for (t, w) in tables.iter().zip(&writes) {
+            let keys = |ats: &[At]| -> Params {
+                (0..t.plan.primary_key.len())
+                    .map(|j| {
+                        Box::new(ats.iter().map(|&at| op(at).key[j].clone()).collect::<Vec<_>>())
+                            as Box<dyn ToSql + Sync + Send>
+                    })
+                    .collect()
+            };
+            for (columns, ats) in &w.inserts {
+                let sql = batch_sql::insert(t.plan, columns);
+                let mut params = keys(ats);
+                for j in 0..columns.len() {
+                    let values: Vec<Option<String>> =
+                        ats.iter().map(|&at| op(at).written[j].text.clone()).collect();
+                    params.push(Box::new(values));
+                }
+                let statement = conn.prepare(&sql).await.map_err(stop)?;
+                statements.push((statement, params, Wrote::Rows(ats.clone())));
+            }
+            if !w.updates.is_empty() {
+                let columns: Vec<usize> = w.update_columns.iter().copied().collect();
+                let sql = batch_sql::update(t.plan, &columns);
+                let mut params = keys(&w.updates);
+                let winner = |at: At, c: usize| match steps.get(&at) {
+                    Some((Step::Update { winners, .. }, _)) => {
+                        winners.iter().find(|w| w.column == c)
+                    }
+                    _ => None,
+                };
+                for &c in &columns {
+                    let flags: Vec<bool> =
+                        w.updates.iter().map(|&at| winner(at, c).is_some()).collect();
+                    params.push(Box::new(flags));
+                }
+                for &c in &columns {
+                    let values: Vec<Option<String>> = w
+                        .updates
+                        .iter()
+                        .map(|&at| winner(at, c).and_then(|w| w.text.clone()))
+                        .collect();
+                    params.push(Box::new(values));
+                }
+                let statement = conn.prepare(&sql).await.map_err(stop)?;
+                statements.push((statement, params, Wrote::Rows(w.updates.clone())));
+            }
+            if !w.deletes.is_empty() {
+                let statement = conn
+                    .prepare(&batch_sql::delete(t.plan))
+                    .await
+                    .map_err(stop)?;
+                statements.push((statement, keys(&w.deletes), Wrote::Deleted(w.deletes.len())));
+            }
+        }
+        let client = conn.client();
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> =
+            statements.iter().map(|(_, p, _)| refs(p)).collect();
+        let answers = join_all(
+            statements
+                .iter()
+                .zip(&params)
+                .map(|((s, _, _), p)| client.query(s, p)),
+        )
+        .await;
+        let mut written: HashMap<At, Row> = HashMap::new();
+        for ((_, _, wrote), answer) in statements.iter().zip(answers) {
+            let rows = answer.map_err(stop)?;
+            match wrote {
+                Wrote::Deleted(n) if rows.len() == *n => {}
+                Wrote::Deleted(_) => return fallback("a row to delete was gone"),
+                Wrote::Rows(ats) => {
+                    let plan = members[ats[0].0].ops[ats[0].1].0;
+                    let mut by_key: HashMap<String, Row> = rows
+                        .iter()
+                        .map(|r| {
+                            let row = read_row(r, plan.columns.len())?;
+                            Ok((version_key(plan, &row), row))
+                        })
+                        .collect::<Result<_, tokio_postgres::Error>>()
+                        .map_err(stop)?;
+                    for &at in ats {
+                        let Some(row) = by_key.remove(&given_key(op(at))) else {
+                            return fallback("a key was inserted or removed concurrently");
+                        };
+                        written.insert(at, row);
+                    }
+                }
+            }
+        }
+
+        // Permissions on the rows written, and their versions.
+        let mut records: Vec<VersionWrite> = Vec::new();
+        for (t, _) in tables.iter().zip(&writes) {
+            for &at in t.ops.iter().filter(|(m, _)| applies[*m]) {
+                let op = op(at);
+                let claims = members[at.0].cx.claims;
+                let denied = |d: crate::schema::Denied| Stop::Fallback(d.0);
+                let Some((step, _)) = steps.get(&at) else {
+                    continue;
+                };
+                let record = match step {
+                    Step::Nothing | Step::Kept => continue,
+                    Step::Delete { old } => VersionWrite {
+                        table: t.plan.label.clone(),
+                        key: version_key(t.plan, old),
+                        columns: Vec::new(),
+                        hashes: Vec::new(),
+                        version: op.version.clone(),
+                        replace: true,
+                    },
+                    Step::Insert => {
+                        let new = &written[&at];
+                        t.plan
+                            .rules
+                            .check_permission(WriteKind::Insert, None, Some(new), claims)
+                            .map_err(denied)?;
+                        let key = version_key(t.plan, new);
+                        versions_written(t.plan, key, &op.written, new, op, true)
+                    }
+                    Step::Update { old, winners } => {
+                        let new = &written[&at];
+                        t.plan
+                            .rules
+                            .check_permission(WriteKind::Update, Some(old), Some(new), claims)
+                            .map_err(denied)?;
+                        let key = version_key(t.plan, old);
+                        versions_written(t.plan, key, winners, new, op, false)
+                    }
+                };
+                if !record.is_empty() {
+                    records.push(record);
+                }
+            }
+        }
+
+        // Round trip 3: the versions, COMMIT, the WAL end.
+        let record = if records.is_empty() {
+            None
+        } else {
+            Some(
+                conn.prepare(batch_sql::WRITE_VERSIONS)
+                    .await
+                    .map_err(stop)?,
+            )
+        };
+        let wal_end = conn
+            .prepare(ledger::CURRENT_WAL_LSN)
+            .await
+            .map_err(stop)?;
+        let params = version_params(&records);
+        let params = refs(&params);
+        let client = conn.client();
+        let (recorded, committed, lsn) = join3(
+            OptionFuture::from(record.as_ref().map(|s| client.query(s, &params))),
+            conn.commit(),
+            client.query_one(&wal_end, &[]),
+        )
+        .await;
+        recorded.transpose().map_err(stop)?;
+        committed.map_err(stop)?;
+        let lsn = lsn
+            .and_then(|r| ledger::lsn(&r))
+            .map_err(Stop::Transient)?;
+        Ok(applies
+            .into_iter()
+            .map(|a| {
+                if a {
+                    Outcome::Applied(lsn)
+                } else {
+                    Outcome::Duplicate
+                }
+            })
+            .collect())
+    }
+}
+
+/// What `op` does to its row `current` (locked; with the commit time of
+/// its last change), like one op alone would; `winners` picks the columns
+/// an update writes. A rejection stops the batch.
+fn decide(
+    plan: &TablePlan,
+    op: &Op<'_>,
+    cx: &RequestCx<'_>,
+    current: Option<&(Row, i64)>,
+    winners: impl FnOnce(&Row, i64) -> Vec<Written>,
+) -> Result<(Step, i64), Stop> {
+    let effective = match (op.kind, current.is_some()) {
+        (WriteKind::Insert, false) => WriteKind::Insert,
+        (WriteKind::Insert | WriteKind::Update, true) => WriteKind::Update,
+        (WriteKind::Update, false) => return fallback("an update of a row that is gone"),
+        (WriteKind::Delete, false) => return Ok((Step::Nothing, 0)),
+        (WriteKind::Delete, true) => WriteKind::Delete,
+    };
+    if !plan.rules.allows(effective) {
+        return fallback("the write rules refuse the op's kind");
+    }
+    let Some((old, commit_ms)) = current else {
+        return Ok((Step::Insert, 0));
+    };
+    if effective == WriteKind::Delete {
+        plan.rules
+            .check_permission(WriteKind::Delete, Some(old), None, cx.claims)
+            .map_err(|d| Stop::Fallback(d.0))?;
+    }
+    check_stale(plan, op, old).map_err(Stop::Fallback)?;
+    if effective == WriteKind::Delete {
+        return Ok((Step::Delete { old: old.clone() }, *commit_ms));
+    }
+    let winners = winners(old, *commit_ms);
+    if winners.is_empty() {
+        plan.rules
+            .check_permission(WriteKind::Update, Some(old), Some(old), cx.claims)
+            .map_err(|d| Stop::Fallback(d.0))?;
+        return Ok((Step::Kept, *commit_ms));
+    }
+    Ok((
+        Step::Update {
+            old: old.clone(),
+            winners,
+        },
+        *commit_ms,
+    ))
+}
+
+type VersionRow = (String, String, String, i64, String, i64);
+
+fn version_row(r: &PgRow) -> Result<VersionRow, tokio_postgres::Error> {
+    Ok((
+        r.try_get(0)?,
+        r.try_get(1)?,
+        r.try_get(2)?,
+        r.try_get(3)?,
+        r.try_get(4)?,
+        r.try_get(5)?,
+    ))
+}
+
+/// The parameters of [`batch_sql::WRITE_VERSIONS`] for `records`.
+fn version_params(records: &[VersionWrite]) -> Params {
+    let mut replaced: (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut tbl = Vec::new();
+    let mut key = Vec::new();
+    let mut col = Vec::new();
+    let mut hlc = Vec::new();
+    let mut client_id = Vec::new();
+    let mut hash = Vec::new();
+    for r in records {
+        if r.replace {
+            replaced.0.push(r.table.clone());
+            replaced.1.push(r.key.clone());
+        }
+        for (c, h) in r.columns.iter().zip(&r.hashes) {
+            tbl.push(r.table.clone());
+            key.push(r.key.clone());
+            col.push(c.clone());
+            hlc.push(r.version.hlc);
+            client_id.push(r.version.client_id.clone());
+            hash.push(*h);
+        }
+    }
+    vec![
+        Box::new(replaced.0),
+        Box::new(replaced.1),
+        Box::new(tbl),
+        Box::new(key),
+        Box::new(col),
+        Box::new(hlc),
+        Box::new(client_id),
+        Box::new(hash),
+    ]
+}

@@ -1,0 +1,189 @@
+//! The SQL of a batch of op groups: one statement per table and step for
+//! every op of the batch at once, the ops' values passed as arrays and
+//! read back with `unnest`.
+//!
+//! Parameters, in order: one `text[]` per key column (`$1…$k`), then, for
+//! a write, one array per written column (an update first gives a `bool[]`
+//! per column telling whether the op writes it, then the values). Columns
+//! of the unnested rows are named `"o#…"`, a name no table column can
+//! clash with in an unqualified reference.
+//!
+//! Invariants: the same things are written as the statements of one op
+//! (`merge`), by the same merge expressions and casts; the lock takes rows
+//! in key order, so two batches locking overlapping rows of a table wait
+//! for each other instead of deadlocking; a write returns every row it
+//! wrote (as text, catalog order), so the caller checks each op's result.
+
+use super::merge;
+use super::plan::TablePlan;
+
+/// Claims the ledger rows of the batch's groups (`$1` client ids, `$2`
+/// seqs); returns the groups claimed, the others were recorded before.
+pub(super) const CLAIM: &str = "INSERT INTO outpost.applied_groups (client_id, seq, status) \
+     SELECT g.client_id, g.seq, 'applied' FROM unnest($1::text[], $2::int8[]) AS g(client_id, seq) \
+     ON CONFLICT DO NOTHING RETURNING client_id, seq";
+
+/// The recorded versions of rows (`$1` table labels, `$2` version keys):
+/// table label, version key, column, hlc, client id, value hash.
+pub(super) const VERSIONS: &str = "SELECT v.tbl, v.key, v.col, v.hlc, v.client_id, v.value_hash \
+     FROM outpost.column_versions v \
+     WHERE (v.tbl, v.key) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
+
+/// Records the versions of the columns written (`$3…$8`: table label,
+/// version key, column, hlc, client id, value hash, one element per
+/// column) and forgets, of the rows `$1` (labels) / `$2` (keys), the
+/// versions of every column not written.
+pub(super) const WRITE_VERSIONS: &str = "WITH forgotten AS (\
+         DELETE FROM outpost.column_versions v \
+         USING unnest($1::text[], $2::text[]) AS r(tbl, key) \
+         WHERE v.tbl = r.tbl AND v.key = r.key AND NOT EXISTS (\
+             SELECT 1 FROM unnest($3::text[], $4::text[], $5::text[]) AS c(tbl, key, col) \
+             WHERE c.tbl = v.tbl AND c.key = v.key AND c.col = v.col)) \
+     INSERT INTO outpost.column_versions AS v (tbl, key, col, hlc, client_id, value_hash) \
+     SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::int8[]) \
+     ON CONFLICT (tbl, key, col) DO UPDATE \
+     SET hlc = excluded.hlc, client_id = excluded.client_id, value_hash = excluded.value_hash";
+
+/// `unnest($first::T[], …) AS u("o#k0", …)` over `names` (with their
+/// array types), and the ordinality as `"o#i"` when asked.
+fn unnest(first: usize, names: &[(String, &str)], ordinality: bool) -> String {
+    let arrays: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ty))| format!("${}::{ty}[]", first + i))
+        .collect();
+    let mut columns: Vec<String> = names.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+    if ordinality {
+        columns.push("\"o#i\"".into());
+    }
+    format!(
+        "unnest({}){} AS u({})",
+        arrays.join(", "),
+        if ordinality { " WITH ORDINALITY" } else { "" },
+        columns.join(", ")
+    )
+}
+
+fn key_names(plan: &TablePlan) -> Vec<(String, &'static str)> {
+    (0..plan.primary_key.len())
+        .map(|i| (format!("o#k{i}"), "text"))
+        .collect()
+}
+
+/// The key values of the unnested row `u`, cast to the key columns' types.
+fn key_values(plan: &TablePlan) -> Vec<String> {
+    plan.primary_key
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("u.\"o#k{i}\"::{}", plan.columns[c].cast))
+        .collect()
+}
+
+/// `t."k1" = u."o#k0"::type AND …`.
+fn key_join(plan: &TablePlan) -> String {
+    plan.primary_key
+        .iter()
+        .zip(key_values(plan))
+        .map(|(&c, v)| format!("t.{} = {v}", plan.columns[c].quoted))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The keys as Postgres prints them, in the order given: what the rows
+/// written and locked are matched by. A key that is no value of its type
+/// fails the statement.
+pub(super) fn canonical_keys(plan: &TablePlan) -> String {
+    let printed: Vec<String> = key_values(plan)
+        .into_iter()
+        .map(|v| format!("({v})::text"))
+        .collect();
+    format!(
+        "SELECT {} FROM {} ORDER BY u.\"o#i\"",
+        printed.join(", "),
+        unnest(1, &key_names(plan), true)
+    )
+}
+
+/// Locks the rows with the keys given, in key order, and reads them: every
+/// column as text, then the commit time of the row's last change.
+pub(super) fn lock(plan: &TablePlan) -> String {
+    let keys = plan.key_columns();
+    format!(
+        "SELECT {}, {} FROM {} WHERE ({keys}) IN (SELECT {} FROM {}) ORDER BY {keys} FOR UPDATE",
+        plan.returning,
+        plan.commit_ms,
+        plan.qualified,
+        key_values(plan).join(", "),
+        unnest(1, &key_names(plan), false)
+    )
+}
+
+/// Inserts new rows writing `columns` (indexes into the plan's columns),
+/// in the order given; a key inserted meanwhile by another transaction is
+/// left alone and its row is missing from what is returned.
+pub(super) fn insert(plan: &TablePlan, columns: &[usize]) -> String {
+    let mut names = key_names(plan);
+    names.extend((0..columns.len()).map(|j| (format!("o#v{j}"), "text")));
+    let mut targets: Vec<&str> = plan
+        .primary_key
+        .iter()
+        .map(|&c| plan.columns[c].quoted.as_str())
+        .collect();
+    let mut values = key_values(plan);
+    for (j, &c) in columns.iter().enumerate() {
+        let column = &plan.columns[c];
+        targets.push(&column.quoted);
+        let value = format!("u.\"o#v{j}\"::{}", column.cast);
+        values.push(merge::inserted(column.merge, &column.cast, &value));
+    }
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM {} ORDER BY u.\"o#i\" \
+         ON CONFLICT ({}) DO NOTHING RETURNING {}",
+        plan.qualified,
+        targets.join(", "),
+        values.join(", "),
+        unnest(1, &names, true),
+        plan.key_columns(),
+        plan.returning
+    )
+}
+
+/// Updates existing rows: each column of `columns` is merged with the
+/// op's value where the op's flag for it is set, and kept otherwise.
+pub(super) fn update(plan: &TablePlan, columns: &[usize]) -> String {
+    let mut names = key_names(plan);
+    names.extend((0..columns.len()).map(|j| (format!("o#w{j}"), "bool")));
+    names.extend((0..columns.len()).map(|j| (format!("o#v{j}"), "text")));
+    let sets: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(j, &c)| {
+            let column = &plan.columns[c];
+            let current = format!("t.{}", column.quoted);
+            let value = format!("u.\"o#v{j}\"::{}", column.cast);
+            format!(
+                "{} = CASE WHEN u.\"o#w{j}\" THEN {} ELSE {current} END",
+                column.quoted,
+                merge::merged(column.merge, &current, &value)
+            )
+        })
+        .collect();
+    format!(
+        "UPDATE {} AS t SET {} FROM {} WHERE {} RETURNING {}",
+        plan.qualified,
+        sets.join(", "),
+        unnest(1, &names, false),
+        key_join(plan),
+        plan.returning
+    )
+}
+
+/// Deletes the rows with the keys given; one row returned per row deleted.
+pub(super) fn delete(plan: &TablePlan) -> String {
+    format!(
+        "DELETE FROM {} AS t USING {} WHERE {} RETURNING 1",
+        plan.qualified,
+        unnest(1, &key_names(plan), false),
+        key_join(plan)
+    )
+}
