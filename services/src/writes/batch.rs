@@ -186,6 +186,13 @@ fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p.as_ref() as _).collect()
 }
 
+/// A locked row: its columns, the commit time of its last change, its id.
+type Locked = (Row, i64, String);
+
+/// The recorded versions of a row's columns, with the row ids of the
+/// versions.
+type Recorded = HashMap<String, (ColumnVersion, String)>;
+
 /// An op of the batch: (member, op) indexes.
 type At = (usize, usize);
 
@@ -201,12 +208,14 @@ enum Step {
     Insert,
     Update {
         old: Row,
+        ctid: String,
         winners: Vec<Written>,
     },
     /// An update in which no column wins: the row stays as it is.
     Kept,
     Delete {
         old: Row,
+        ctid: String,
     },
 }
 
@@ -275,54 +284,42 @@ impl Applier {
             let lock = conn.prepare(&batch_sql::lock(t.plan)).await.map_err(stop)?;
             let keys: Params = (0..t.plan.primary_key.len())
                 .map(|j| {
-                    Box::new(t.ops.iter().map(|&at| op(at).key[j].clone()).collect::<Vec<_>>())
-                        as Box<dyn ToSql + Sync + Send>
+                    Box::new(
+                        t.ops
+                            .iter()
+                            .map(|&at| op(at).key[j].clone())
+                            .collect::<Vec<_>>(),
+                    ) as Box<dyn ToSql + Sync + Send>
                 })
                 .collect();
             reads.push((canon, lock, keys));
         }
+        // The versions of every row: what last-writer-wins compares with,
+        // and what a row inserted anew or deleted forgets.
         let mut versioned: (Vec<&str>, Vec<String>) = (Vec::new(), Vec::new());
         for t in &tables {
             for &at in &t.ops {
-                let op = op(at);
-                if op.kind != WriteKind::Delete
-                    && op
-                        .written
-                        .iter()
-                        .any(|w| t.plan.columns[w.column].merge == MergeKind::Lww)
-                {
-                    versioned.0.push(&t.plan.label);
-                    versioned.1.push(given_key(op));
-                }
+                versioned.0.push(&t.plan.label);
+                versioned.1.push(given_key(op(at)));
             }
         }
-        let versions = if versioned.0.is_empty() {
-            None
-        } else {
-            Some(conn.prepare(batch_sql::VERSIONS).await.map_err(stop)?)
-        };
+        let versions = conn.prepare(batch_sql::VERSIONS).await.map_err(stop)?;
         let client_ids: Vec<&str> = members.iter().map(|m| m.cx.client_id).collect();
         let seqs: Vec<i64> = members.iter().map(|m| m.seq).collect();
         let client = conn.client();
         let versions_params: [&(dyn ToSql + Sync); 2] = [&versioned.0, &versioned.1];
         let read_params: Vec<Vec<&(dyn ToSql + Sync)>> =
             reads.iter().map(|(_, _, keys)| refs(keys)).collect();
-        let (begun, claimed, read, recorded) = join4(
-            conn.begin(),
-            client.query(&claim, &[&client_ids, &seqs]),
-            join_all(
-                reads
-                    .iter()
-                    .zip(&read_params)
-                    .map(|((canon, lock, _), p)| join(client.query(canon, p), client.query(lock, p))),
-            ),
-            OptionFuture::from(
-                versions
-                    .as_ref()
-                    .map(|s| client.query(s, &versions_params)),
-            ),
-        )
-        .await;
+        let (begun, claimed, read, recorded) =
+            join4(
+                conn.begin(),
+                client.query(&claim, &[&client_ids, &seqs]),
+                join_all(reads.iter().zip(&read_params).map(|((canon, lock, _), p)| {
+                    join(client.query(canon, p), client.query(lock, p))
+                })),
+                client.query(&versions, &versions_params),
+            )
+            .await;
         begun.map_err(stop)?;
         let claimed: HashSet<(String, i64)> = claimed
             .map_err(stop)?
@@ -330,7 +327,7 @@ impl Applier {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<_, tokio_postgres::Error>>()
             .map_err(stop)?;
-        let mut locked: Vec<HashMap<String, (Row, i64)>> = Vec::with_capacity(tables.len());
+        let mut locked: Vec<HashMap<String, Locked>> = Vec::with_capacity(tables.len());
         for (t, (canon, lock)) in tables.iter().zip(read) {
             let width = t.plan.columns.len();
             for (&at, printed) in t.ops.iter().zip(canon.map_err(stop)?) {
@@ -344,23 +341,26 @@ impl Applier {
             for r in lock.map_err(stop)? {
                 let row = read_row(&r, width).map_err(stop)?;
                 let commit_ms: i64 = r.try_get(width).map_err(stop)?;
-                rows.insert(version_key(t.plan, &row), (row, commit_ms));
+                let ctid: String = r.try_get(width + 1).map_err(stop)?;
+                rows.insert(version_key(t.plan, &row), (row, commit_ms, ctid));
             }
             locked.push(rows);
         }
-        let mut recorded_versions: HashMap<(String, String), HashMap<String, ColumnVersion>> =
-            HashMap::new();
-        for r in recorded.transpose().map_err(stop)?.unwrap_or_default() {
-            let (label, key, col, hlc, client_id, value_hash) = version_row(&r).map_err(stop)?;
+        let mut recorded_versions: HashMap<(String, String), Recorded> = HashMap::new();
+        for r in recorded.map_err(stop)? {
+            let (label, key, col, hlc, client_id, value_hash, ctid) =
+                version_row(&r).map_err(stop)?;
             recorded_versions.entry((label, key)).or_default().insert(
                 col,
-                ColumnVersion {
-                    version: Version { hlc, client_id },
-                    value_hash,
-                },
+                (
+                    ColumnVersion {
+                        version: Version { hlc, client_id },
+                        value_hash,
+                    },
+                    ctid,
+                ),
             );
         }
-
         // Each op, decided on its locked row.
         let applies: Vec<bool> = members
             .iter()
@@ -384,7 +384,7 @@ impl Applier {
                             column.merge != MergeKind::Lww
                                 || merge::lww_wins(
                                     old[w.column].as_deref(),
-                                    recorded.and_then(|r| r.get(&column.name)),
+                                    recorded.and_then(|r| r.get(&column.name)).map(|(v, _)| v),
                                     commit_ms,
                                     &op.version,
                                 )
@@ -415,17 +415,34 @@ impl Applier {
             let keys = |ats: &[At]| -> Params {
                 (0..t.plan.primary_key.len())
                     .map(|j| {
-                        Box::new(ats.iter().map(|&at| op(at).key[j].clone()).collect::<Vec<_>>())
-                            as Box<dyn ToSql + Sync + Send>
+                        Box::new(
+                            ats.iter()
+                                .map(|&at| op(at).key[j].clone())
+                                .collect::<Vec<_>>(),
+                        ) as Box<dyn ToSql + Sync + Send>
                     })
                     .collect()
+            };
+            let row_ids = |ats: &[At]| -> Params {
+                let ids: Vec<String> = ats
+                    .iter()
+                    .map(|at| match steps.get(at) {
+                        Some((Step::Update { ctid, .. } | Step::Delete { ctid, .. }, _)) => {
+                            ctid.clone()
+                        }
+                        _ => String::new(),
+                    })
+                    .collect();
+                vec![Box::new(ids)]
             };
             for (columns, ats) in &w.inserts {
                 let sql = batch_sql::insert(t.plan, columns);
                 let mut params = keys(ats);
                 for j in 0..columns.len() {
-                    let values: Vec<Option<String>> =
-                        ats.iter().map(|&at| op(at).written[j].text.clone()).collect();
+                    let values: Vec<Option<String>> = ats
+                        .iter()
+                        .map(|&at| op(at).written[j].text.clone())
+                        .collect();
                     params.push(Box::new(values));
                 }
                 let statement = conn.prepare(&sql).await.map_err(stop)?;
@@ -434,7 +451,7 @@ impl Applier {
             if !w.updates.is_empty() {
                 let columns: Vec<usize> = w.update_columns.iter().copied().collect();
                 let sql = batch_sql::update(t.plan, &columns);
-                let mut params = keys(&w.updates);
+                let mut params = row_ids(&w.updates);
                 let winner = |at: At, c: usize| match steps.get(&at) {
                     Some((Step::Update { winners, .. }, _)) => {
                         winners.iter().find(|w| w.column == c)
@@ -442,8 +459,11 @@ impl Applier {
                     _ => None,
                 };
                 for &c in &columns {
-                    let flags: Vec<bool> =
-                        w.updates.iter().map(|&at| winner(at, c).is_some()).collect();
+                    let flags: Vec<bool> = w
+                        .updates
+                        .iter()
+                        .map(|&at| winner(at, c).is_some())
+                        .collect();
                     params.push(Box::new(flags));
                 }
                 for &c in &columns {
@@ -462,7 +482,11 @@ impl Applier {
                     .prepare(&batch_sql::delete(t.plan))
                     .await
                     .map_err(stop)?;
-                statements.push((statement, keys(&w.deletes), Wrote::Deleted(w.deletes.len())));
+                statements.push((
+                    statement,
+                    row_ids(&w.deletes),
+                    Wrote::Deleted(w.deletes.len()),
+                ));
             }
         }
         let client = conn.client();
@@ -513,7 +537,7 @@ impl Applier {
                 };
                 let record = match step {
                     Step::Nothing | Step::Kept => continue,
-                    Step::Delete { old } => VersionWrite {
+                    Step::Delete { old, .. } => VersionWrite {
                         table: t.plan.label.clone(),
                         key: version_key(t.plan, old),
                         columns: Vec::new(),
@@ -530,7 +554,7 @@ impl Applier {
                         let key = version_key(t.plan, new);
                         versions_written(t.plan, key, &op.written, new, op, true)
                     }
-                    Step::Update { old, winners } => {
+                    Step::Update { old, winners, .. } => {
                         let new = &written[&at];
                         t.plan
                             .rules
@@ -556,11 +580,8 @@ impl Applier {
                     .map_err(stop)?,
             )
         };
-        let wal_end = conn
-            .prepare(ledger::CURRENT_WAL_LSN)
-            .await
-            .map_err(stop)?;
-        let params = version_params(&records);
+        let wal_end = conn.prepare(ledger::CURRENT_WAL_LSN).await.map_err(stop)?;
+        let params = version_params(&records, &recorded_versions);
         let params = refs(&params);
         let client = conn.client();
         let (recorded, committed, lsn) = join3(
@@ -571,9 +592,7 @@ impl Applier {
         .await;
         recorded.transpose().map_err(stop)?;
         committed.map_err(stop)?;
-        let lsn = lsn
-            .and_then(|r| ledger::lsn(&r))
-            .map_err(Stop::Transient)?;
+        let lsn = lsn.and_then(|r| ledger::lsn(&r)).map_err(Stop::Transient)?;
         Ok(applies
             .into_iter()
             .map(|a| {
@@ -594,7 +613,7 @@ fn decide(
     plan: &TablePlan,
     op: &Op<'_>,
     cx: &RequestCx<'_>,
-    current: Option<&(Row, i64)>,
+    current: Option<&Locked>,
     winners: impl FnOnce(&Row, i64) -> Vec<Written>,
 ) -> Result<(Step, i64), Stop> {
     let effective = match (op.kind, current.is_some()) {
@@ -607,7 +626,7 @@ fn decide(
     if !plan.rules.allows(effective) {
         return fallback("the write rules refuse the op's kind");
     }
-    let Some((old, commit_ms)) = current else {
+    let Some((old, commit_ms, ctid)) = current else {
         return Ok((Step::Insert, 0));
     };
     if effective == WriteKind::Delete {
@@ -617,7 +636,8 @@ fn decide(
     }
     check_stale(plan, op, old).map_err(Stop::Fallback)?;
     if effective == WriteKind::Delete {
-        return Ok((Step::Delete { old: old.clone() }, *commit_ms));
+        let (old, ctid) = (old.clone(), ctid.clone());
+        return Ok((Step::Delete { old, ctid }, *commit_ms));
     }
     let winners = winners(old, *commit_ms);
     if winners.is_empty() {
@@ -629,13 +649,14 @@ fn decide(
     Ok((
         Step::Update {
             old: old.clone(),
+            ctid: ctid.clone(),
             winners,
         },
         *commit_ms,
     ))
 }
 
-type VersionRow = (String, String, String, i64, String, i64);
+type VersionRow = (String, String, String, i64, String, i64, String);
 
 fn version_row(r: &PgRow) -> Result<VersionRow, tokio_postgres::Error> {
     Ok((
@@ -645,12 +666,18 @@ fn version_row(r: &PgRow) -> Result<VersionRow, tokio_postgres::Error> {
         r.try_get(3)?,
         r.try_get(4)?,
         r.try_get(5)?,
+        r.try_get(6)?,
     ))
 }
 
-/// The parameters of [`batch_sql::WRITE_VERSIONS`] for `records`.
-fn version_params(records: &[VersionWrite]) -> Params {
-    let mut replaced: (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+/// The parameters of [`batch_sql::WRITE_VERSIONS`] for `records`: of a
+/// row whose other versions are forgotten, the versions `recorded` of the
+/// columns not written go.
+fn version_params(
+    records: &[VersionWrite],
+    recorded: &HashMap<(String, String), Recorded>,
+) -> Params {
+    let mut forgotten = Vec::new();
     let mut tbl = Vec::new();
     let mut key = Vec::new();
     let mut col = Vec::new();
@@ -658,9 +685,15 @@ fn version_params(records: &[VersionWrite]) -> Params {
     let mut client_id = Vec::new();
     let mut hash = Vec::new();
     for r in records {
-        if r.replace {
-            replaced.0.push(r.table.clone());
-            replaced.1.push(r.key.clone());
+        if r.replace
+            && let Some(versions) = recorded.get(&(r.table.clone(), r.key.clone()))
+        {
+            forgotten.extend(
+                versions
+                    .iter()
+                    .filter(|(c, _)| !r.columns.contains(c))
+                    .map(|(_, (_, ctid))| ctid.clone()),
+            );
         }
         for (c, h) in r.columns.iter().zip(&r.hashes) {
             tbl.push(r.table.clone());
@@ -672,8 +705,7 @@ fn version_params(records: &[VersionWrite]) -> Params {
         }
     }
     vec![
-        Box::new(replaced.0),
-        Box::new(replaced.1),
+        Box::new(forgotten),
         Box::new(tbl),
         Box::new(key),
         Box::new(col),

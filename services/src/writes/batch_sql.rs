@@ -11,8 +11,12 @@
 //! Invariants: the same things are written as the statements of one op
 //! (`merge`), by the same merge expressions and casts; the lock takes rows
 //! in key order, so two batches locking overlapping rows of a table wait
-//! for each other instead of deadlocking; a write returns every row it
-//! wrote (as text, catalog order), so the caller checks each op's result.
+//! for each other instead of deadlocking; rows are found by index lookups
+//! of one key each or by row id (`ctid`, read under the row's lock), never
+//! by a join the planner could turn into a scan of a table it believes
+//! small (plans are kept per connection while tables grow); a write
+//! returns every row it wrote (as text, catalog order), so the caller
+//! checks each op's result.
 
 use super::merge;
 use super::plan::TablePlan;
@@ -24,23 +28,22 @@ pub(super) const CLAIM: &str = "INSERT INTO outpost.applied_groups (client_id, s
      ON CONFLICT DO NOTHING RETURNING client_id, seq";
 
 /// The recorded versions of rows (`$1` table labels, `$2` version keys):
-/// table label, version key, column, hlc, client id, value hash.
-pub(super) const VERSIONS: &str = "SELECT v.tbl, v.key, v.col, v.hlc, v.client_id, v.value_hash \
-     FROM outpost.column_versions v \
-     WHERE (v.tbl, v.key) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
+/// table label, version key, column, hlc, client id, value hash, and the
+/// version's row id (`ctid`) to forget it by.
+pub(super) const VERSIONS: &str = "SELECT r.tbl, r.key, v.col, v.hlc, v.client_id, v.value_hash, \
+            v.ctid::text \
+     FROM unnest($1::text[], $2::text[]) AS r(tbl, key) \
+     CROSS JOIN LATERAL (SELECT c.col, c.hlc, c.client_id, c.value_hash, c.ctid \
+         FROM outpost.column_versions c WHERE c.tbl = r.tbl AND c.key = r.key OFFSET 0) AS v";
 
-/// Records the versions of the columns written (`$3…$8`: table label,
-/// version key, column, hlc, client id, value hash, one element per
-/// column) and forgets, of the rows `$1` (labels) / `$2` (keys), the
-/// versions of every column not written.
+/// Forgets the versions with the row ids `$1` (read by [`VERSIONS`] after
+/// their rows were locked) and records those of the columns written
+/// (`$2…$7`: table label, version key, column, hlc, client id, value
+/// hash, one element per column).
 pub(super) const WRITE_VERSIONS: &str = "WITH forgotten AS (\
-         DELETE FROM outpost.column_versions v \
-         USING unnest($1::text[], $2::text[]) AS r(tbl, key) \
-         WHERE v.tbl = r.tbl AND v.key = r.key AND NOT EXISTS (\
-             SELECT 1 FROM unnest($3::text[], $4::text[], $5::text[]) AS c(tbl, key, col) \
-             WHERE c.tbl = v.tbl AND c.key = v.key AND c.col = v.col)) \
+         DELETE FROM outpost.column_versions WHERE ctid = ANY ($1::text[]::tid[])) \
      INSERT INTO outpost.column_versions AS v (tbl, key, col, hlc, client_id, value_hash) \
-     SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::int8[]) \
+     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::int8[]) \
      ON CONFLICT (tbl, key, col) DO UPDATE \
      SET hlc = excluded.hlc, client_id = excluded.client_id, value_hash = excluded.value_hash";
 
@@ -79,16 +82,6 @@ fn key_values(plan: &TablePlan) -> Vec<String> {
         .collect()
 }
 
-/// `t."k1" = u."o#k0"::type AND …`.
-fn key_join(plan: &TablePlan) -> String {
-    plan.primary_key
-        .iter()
-        .zip(key_values(plan))
-        .map(|(&c, v)| format!("t.{} = {v}", plan.columns[c].quoted))
-        .collect::<Vec<_>>()
-        .join(" AND ")
-}
-
 /// The keys as Postgres prints them, in the order given: what the rows
 /// written and locked are matched by. A key that is no value of its type
 /// fails the statement.
@@ -105,16 +98,34 @@ pub(super) fn canonical_keys(plan: &TablePlan) -> String {
 }
 
 /// Locks the rows with the keys given, in key order, and reads them: every
-/// column as text, then the commit time of the row's last change.
+/// column as text, the commit time of the row's last change, and the row's
+/// id (`ctid`), which stays the row's while the lock is held.
 pub(super) fn lock(plan: &TablePlan) -> String {
-    let keys = plan.key_columns();
+    let keys = key_values(plan);
+    let given: Vec<String> = (0..keys.len())
+        .map(|i| format!("{} AS \"o#k{i}\"", keys[i]))
+        .collect();
+    let join: Vec<String> = plan
+        .primary_key
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("{} = k.\"o#k{i}\"", plan.columns[c].quoted))
+        .collect();
+    // Each key looked up on its own (OFFSET 0 keeps the subquery apart): an
+    // index lookup whatever the planner believes of the table's size.
     format!(
-        "SELECT {}, {} FROM {} WHERE ({keys}) IN (SELECT {} FROM {}) ORDER BY {keys} FOR UPDATE",
+        "SELECT r.* FROM (SELECT {} FROM {} ORDER BY {}) AS k \
+         CROSS JOIN LATERAL (SELECT {}, {}, ctid::text FROM {} WHERE {} OFFSET 0 FOR UPDATE) AS r",
+        given.join(", "),
+        unnest(1, &key_names(plan), false),
+        (1..=keys.len())
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         plan.returning,
         plan.commit_ms,
         plan.qualified,
-        key_values(plan).join(", "),
-        unnest(1, &key_names(plan), false)
+        join.join(" AND ")
     )
 }
 
@@ -148,10 +159,11 @@ pub(super) fn insert(plan: &TablePlan, columns: &[usize]) -> String {
     )
 }
 
-/// Updates existing rows: each column of `columns` is merged with the
-/// op's value where the op's flag for it is set, and kept otherwise.
+/// Updates locked rows, by their ids (`$1`, `text[]`): each column of
+/// `columns` is merged with the op's value where the op's flag for it is
+/// set, and kept otherwise.
 pub(super) fn update(plan: &TablePlan, columns: &[usize]) -> String {
-    let mut names = key_names(plan);
+    let mut names = vec![("o#t".to_string(), "text")];
     names.extend((0..columns.len()).map(|j| (format!("o#w{j}"), "bool")));
     names.extend((0..columns.len()).map(|j| (format!("o#v{j}"), "text")));
     let sets: Vec<String> = columns
@@ -169,21 +181,20 @@ pub(super) fn update(plan: &TablePlan, columns: &[usize]) -> String {
         })
         .collect();
     format!(
-        "UPDATE {} AS t SET {} FROM {} WHERE {} RETURNING {}",
+        "UPDATE {} AS t SET {} FROM {} \
+         WHERE t.ctid = ANY ($1::text[]::tid[]) AND t.ctid = u.\"o#t\"::tid RETURNING {}",
         plan.qualified,
         sets.join(", "),
         unnest(1, &names, false),
-        key_join(plan),
         plan.returning
     )
 }
 
-/// Deletes the rows with the keys given; one row returned per row deleted.
+/// Deletes locked rows, by their ids (`$1`, `text[]`); one row returned per
+/// row deleted.
 pub(super) fn delete(plan: &TablePlan) -> String {
     format!(
-        "DELETE FROM {} AS t USING {} WHERE {} RETURNING 1",
-        plan.qualified,
-        unnest(1, &key_names(plan), false),
-        key_join(plan)
+        "DELETE FROM {} WHERE ctid = ANY ($1::text[]::tid[]) RETURNING 1",
+        plan.qualified
     )
 }

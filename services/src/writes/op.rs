@@ -34,7 +34,10 @@ const MAX_INSERT_RACES: u32 = 3;
 /// A row as text, every column in catalog order.
 pub(super) type Row = Vec<Option<String>>;
 
-pub(super) fn read_row(row: &tokio_postgres::Row, width: usize) -> Result<Row, tokio_postgres::Error> {
+pub(super) fn read_row(
+    row: &tokio_postgres::Row,
+    width: usize,
+) -> Result<Row, tokio_postgres::Error> {
     (0..width).map(|i| row.try_get(i)).collect()
 }
 

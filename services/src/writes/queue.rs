@@ -157,7 +157,10 @@ impl Applier {
     async fn lead(&self, taken: Vec<Waiting>) {
         let mut answers = Answers {
             expected: taken.iter().map(|w| w.groups.len()).collect(),
-            results: taken.iter().map(|w| Vec::with_capacity(w.groups.len())).collect(),
+            results: taken
+                .iter()
+                .map(|w| Vec::with_capacity(w.groups.len()))
+                .collect(),
             replies: Vec::with_capacity(taken.len()),
         };
         let mut requests = Vec::with_capacity(taken.len());
@@ -206,7 +209,8 @@ impl Applier {
                 }
             }
         }
-        self.flush(&mut conn, &mut batch, &mut owners, answers).await
+        self.flush(&mut conn, &mut batch, &mut owners, answers)
+            .await
     }
 
     /// Applies what `batch` holds and empties it: in one transaction when it
@@ -225,11 +229,17 @@ impl Applier {
             return Ok(());
         }
         if batch.len() > 1 {
-            match self
+            let started = std::time::Instant::now();
+            let end = self
                 .run_batch(conn, &batch)
                 .await
-                .map_err(WriteError::Postgres)?
-            {
+                .map_err(WriteError::Postgres)?;
+            tracing::trace!(
+                groups = batch.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "write batch"
+            );
+            match end {
                 BatchEnd::Done(outcomes) => {
                     for ((m, outcome), &r) in batch.members.iter().zip(outcomes).zip(&owners) {
                         let result = match outcome {

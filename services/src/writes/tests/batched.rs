@@ -101,20 +101,40 @@ fn mix(table: &str) -> Vec<OpGroup> {
                     vec![col("title", text(&format!("t{round}")))],
                     if id % 3 == 0 { hlc(50) } else { at },
                 ),
-                _ => update(table, id, vec![col("n", int(1)), col("title", text("x"))], at),
+                _ => update(
+                    table,
+                    id,
+                    vec![col("n", int(1)), col("title", text("x"))],
+                    at,
+                ),
             };
             next(vec![op]);
         }
         // Several ops in one group, on rows of the rounds' groups too.
         next(vec![
             update(table, 1, vec![col("n", int(10))], hlc(300 + round)),
-            update(table, 2, vec![col("tags", tags(&format!("g{round}")))], hlc(300 + round)),
+            update(
+                table,
+                2,
+                vec![col("tags", tags(&format!("g{round}")))],
+                hlc(300 + round),
+            ),
         ]);
     }
     // Refused by the rules (the new row is not alice's), by the data (an
     // update of a row that never was), and a row that goes and comes back.
-    next(vec![update(table, 3, vec![col("owner", text("bob"))], hlc(400))]);
-    next(vec![update(table, 99, vec![col("title", text("no"))], hlc(401))]);
+    next(vec![update(
+        table,
+        3,
+        vec![col("owner", text("bob"))],
+        hlc(400),
+    )]);
+    next(vec![update(
+        table,
+        99,
+        vec![col("title", text("no"))],
+        hlc(401),
+    )]);
     next(vec![delete(table, 4, hlc(402))]);
     next(vec![delete(table, 5, hlc(403))]);
     next(vec![insert(
