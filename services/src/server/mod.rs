@@ -19,7 +19,7 @@ pub use sync::{SyncContext, SyncService};
 use outpost_proto::framed::sync_server::SyncServer;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// HTTP/2 receive windows: how much a client may send ahead of what the
 /// service has read.
@@ -54,8 +54,11 @@ pub async fn serve(
     let sync = SyncServer::new(SyncService::new(ctx))
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // The builder's `tcp_nodelay` only reaches sockets it accepts itself:
+    // these are set here, or Nagle's algorithm holds small replies back
+    // until the peer's delayed acknowledgement (tens of milliseconds).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         // Large receive windows for uploads (HTTP/2 defaults to 64 KiB).
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -63,7 +66,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sync)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
