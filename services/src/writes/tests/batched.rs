@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use outpost_proto::v1::group_result::Status;
+use outpost_proto::v1::write_op;
 
 use super::*;
 use crate::writes::reason;
@@ -27,7 +28,14 @@ CREATE TABLE audit_log (id int, title text);
 CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS
     $$ BEGIN INSERT INTO audit_log VALUES (NEW.id, NEW.title); RETURN NEW; END $$;
 CREATE TRIGGER audited AFTER INSERT OR UPDATE ON audited FOR EACH ROW EXECUTE FUNCTION audit();
-CREATE PUBLICATION outpost FOR TABLE notes_a, notes_b, audited;
+CREATE TABLE cells (
+    sheet uuid NOT NULL,
+    pos int NOT NULL,
+    owner text NOT NULL,
+    value text,
+    PRIMARY KEY (sheet, pos)
+);
+CREATE PUBLICATION outpost FOR TABLE notes_a, notes_b, audited, cells;
 ";
 
 const RULES: &str = r#"
@@ -60,6 +68,15 @@ delete = "old.owner = auth.sub"
 [tables.notes_b.merge]
 n = "counter"
 tags = "set_union"
+
+[shapes.cells]
+table = "cells"
+where = "owner = auth.sub"
+
+[tables.cells]
+insert = "new.owner = auth.sub"
+update = "old.owner = auth.sub"
+delete = "old.owner = auth.sub"
 
 [tables.audited]
 insert = "new.owner = auth.sub"
@@ -360,5 +377,100 @@ fn tables_with_side_effects_are_applied_one_group_at_a_time() {
         let lsns: BTreeSet<_> = r.iter().map(|r| r.commit_lsn).collect();
         assert_eq!(lsns.len(), 4, "each group in its own transaction: {r:?}");
         assert_eq!(query(&pg, "SELECT count(*) FROM audit_log"), "4");
+    });
+}
+
+const SHEET: &str = "0b9a3c1e-5d7f-4e21-9a8b-1c2d3e4f5a6b";
+
+fn cell(kind: write_op::Kind, sheet: &str, pos: i64, value: Option<&str>, at: u64) -> WriteOp {
+    let mut columns = vec![col("owner", text("alice"))];
+    if let Some(v) = value {
+        columns.push(col("value", text(v)));
+    }
+    WriteOp {
+        kind: kind as i32,
+        table: "cells".into(),
+        key: vec![text(sheet), int(pos)],
+        columns,
+        hlc: hlc(at),
+        before: Vec::new(),
+    }
+}
+
+#[test]
+fn rows_with_keys_of_several_columns_and_keys_postgres_prints_otherwise() {
+    let pg = cluster(SQL, false);
+    let rt = runtime();
+    rt.block_on(async {
+        let applier = applier(&pg, RULES).await;
+        let alice = claims("alice");
+        let seed: Vec<OpGroup> = (1..=6)
+            .map(|pos| {
+                group(
+                    pos as u64,
+                    vec![cell(write_op::Kind::Insert, SHEET, pos, Some("v1"), 10)],
+                )
+            })
+            .collect();
+        let r = applier.apply("c", &alice, &seed).await.expect("apply");
+        assert_eq!(outcomes(&r), vec![applied(); 6]);
+        let lsns: BTreeSet<_> = r.iter().map(|r| r.commit_lsn).collect();
+        assert_eq!(lsns.len(), 1, "one transaction: {r:?}");
+        let next: Vec<OpGroup> = vec![
+            group(
+                7,
+                vec![cell(write_op::Kind::Update, SHEET, 1, Some("v2"), 20)],
+            ),
+            group(8, vec![cell(write_op::Kind::Delete, SHEET, 2, None, 20)]),
+            // An older clock: the value stays.
+            group(
+                9,
+                vec![cell(write_op::Kind::Update, SHEET, 3, Some("old"), 5)],
+            ),
+            group(
+                10,
+                vec![cell(write_op::Kind::Insert, SHEET, 7, Some("new"), 20)],
+            ),
+        ];
+        let r = applier.apply("c", &alice, &next).await.expect("apply");
+        assert_eq!(outcomes(&r), vec![applied(); 4]);
+        assert_eq!(
+            r.iter()
+                .map(|r| r.commit_lsn)
+                .collect::<BTreeSet<_>>()
+                .len(),
+            1
+        );
+        // The same sheet in capitals: Postgres prints it in lower case, so
+        // these rows are the ones above (and the batch falls back to one
+        // group at a time, with the same outcome).
+        let upper = SHEET.to_uppercase();
+        let shouted: Vec<OpGroup> = vec![
+            group(
+                11,
+                vec![cell(write_op::Kind::Update, &upper, 4, Some("v3"), 30)],
+            ),
+            group(
+                12,
+                vec![cell(write_op::Kind::Update, &upper, 5, Some("v3"), 30)],
+            ),
+        ];
+        let r = applier.apply("c", &alice, &shouted).await.expect("apply");
+        assert_eq!(outcomes(&r), vec![applied(); 2]);
+        assert_eq!(
+            query(&pg, "SELECT pos, value FROM cells ORDER BY pos"),
+            "1|v2\n3|v1\n4|v3\n5|v3\n6|v1\n7|new"
+        );
+        assert_eq!(
+            query(
+                &pg,
+                "SELECT key, hlc >> 16 FROM outpost.column_versions WHERE tbl = 'public.cells' \
+                 AND col = 'value' ORDER BY key"
+            ),
+            format!(
+                "[\"{SHEET}\",\"1\"]|20\n[\"{SHEET}\",\"3\"]|10\n[\"{SHEET}\",\"4\"]|30\n\
+                 [\"{SHEET}\",\"5\"]|30\n[\"{SHEET}\",\"6\"]|10\n[\"{SHEET}\",\"7\"]|20"
+            )
+        );
     });
 }
