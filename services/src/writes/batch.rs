@@ -4,8 +4,8 @@
 //! however many groups it holds.
 //!
 //! ```text
-//! BEGIN, claim every group; per table: the keys as Postgres prints
-//!   them, lock the rows; the column versions of the rows      ─ round trip 1
+//! BEGIN, claim every group; per table (by name): lock the rows; the
+//!   column versions of the rows                               ─ round trip 1
 //! per op: what it does (insert / update / delete / nothing), the
 //!   permission on the old row, the stale check, the last-writer-wins
 //!   winners
@@ -15,20 +15,23 @@
 //! ```
 //!
 //! Invariants: a batch holds only groups whose ops need no table function,
-//! are on tables no trigger or referential action changes behind their
-//! back, touch pairwise different rows and converted cleanly
-//! ([`Batch::admits`]), so applying them together does what applying them
-//! one at a time would. It is all or nothing: anything but a clean run of
-//! every group — a rejection, a key inserted concurrently, a key not in the
-//! form Postgres prints it, an error Postgres reports for the data — rolls
-//! the whole batch back and answers [`BatchEnd::Fallback`], and the caller
-//! applies the groups one at a time, where each gets its own verdict.
+//! are on tables whose rows no trigger, referential action or cross-row
+//! constraint ties to other writes (`plan::UNBATCHABLE`), touch pairwise
+//! different rows, keep the order of ops on tables tied by foreign keys,
+//! and converted cleanly ([`Batch::admits`]), so applying them together
+//! does what applying them one at a time would. It is all or nothing:
+//! anything but a clean run of every group — a rejection, a key inserted
+//! concurrently, a key not in the form Postgres prints it, an error
+//! Postgres reports for the data — rolls the whole batch back and answers
+//! [`BatchEnd::Fallback`]; the caller applies a group the rules refused
+//! alone and the others as batches again, or, when the culprit is not
+//! known, every group one at a time, where each gets its own verdict.
 //! Groups the claim finds recorded before write nothing and are answered
 //! as duplicates.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use futures::future::{OptionFuture, join, join_all, join3, join4};
+use futures::future::{OptionFuture, join_all, join3, join4};
 use outpost_proto::v1::OpGroup;
 use tokio_postgres::Row as PgRow;
 use tokio_postgres::types::ToSql;
@@ -87,13 +90,16 @@ impl Applier {
             rows.push(row);
             ops.push((plan, op));
         }
-        Some(Member {
+        let member = Member {
             cx,
             group,
             seq,
             ops,
             rows,
-        })
+        };
+        // A group whose own ops go back and forth between tables tied by a
+        // foreign key is applied alone.
+        Batch::default().keeps_order(&member).then_some(member)
     }
 }
 
@@ -111,12 +117,18 @@ pub(super) struct Batch<'a> {
     rows: HashSet<(&'a str, String)>,
     /// Every group of the batch: (client id, seq).
     groups: HashSet<(&'a str, i64)>,
+    /// The position of the last op on each table (by label).
+    last_use: HashMap<&'a str, usize>,
     ops: usize,
 }
 
 impl<'a> Batch<'a> {
-    /// Whether `member` can join: the batch has room, and none of its rows
-    /// or its ledger entry is the batch's already.
+    /// Whether `member` can join: the batch has room, none of its rows or
+    /// its ledger entry is the batch's already, and its ops keep the order
+    /// of the batch's statements: the batch writes table by table, so an
+    /// op on a table the batch used before must not follow an op on a
+    /// table tied to it by a foreign key that came since (its checks would
+    /// see writes the op came before).
     pub(super) fn admits(&self, member: &Member<'a>) -> bool {
         self.members.len() < MAX_GROUPS
             && self.ops + member.ops.len() <= MAX_OPS
@@ -126,15 +138,58 @@ impl<'a> Batch<'a> {
                 .iter()
                 .zip(&member.rows)
                 .all(|((plan, _), row)| !self.rows.contains(&(plan.label.as_str(), row.clone())))
+            && self.keeps_order(member)
+    }
+
+    fn keeps_order(&self, member: &Member<'a>) -> bool {
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        let last_use = |last: &HashMap<&str, usize>, t: &str| {
+            last.get(t).or_else(|| self.last_use.get(t)).copied()
+        };
+        for (i, (plan, _)) in member.ops.iter().enumerate() {
+            if let Some(mine) = last_use(&last, &plan.label)
+                && plan
+                    .related
+                    .iter()
+                    .any(|r| last_use(&last, r).is_some_and(|theirs| theirs > mine))
+            {
+                return false;
+            }
+            last.insert(&plan.label, self.ops + i);
+        }
+        true
     }
 
     pub(super) fn push(&mut self, member: Member<'a>) {
         self.groups.insert((member.cx.client_id, member.seq));
-        for ((plan, _), row) in member.ops.iter().zip(&member.rows) {
+        for (i, ((plan, _), row)) in member.ops.iter().zip(&member.rows).enumerate() {
             self.rows.insert((plan.label.as_str(), row.clone()));
+            self.last_use.insert(&plan.label, self.ops + i);
         }
         self.ops += member.ops.len();
         self.members.push(member);
+    }
+
+    /// The batch without member `k`: the members before it, member `k`,
+    /// and the members after it (each part keeps the order of the whole).
+    pub(super) fn split(self, k: usize) -> (Batch<'a>, Option<Member<'a>>, Batch<'a>) {
+        let (mut before, mut after) = (Batch::default(), Batch::default());
+        let mut refused = None;
+        for (i, m) in self.members.into_iter().enumerate() {
+            match i.cmp(&k) {
+                std::cmp::Ordering::Less => before.push(m),
+                std::cmp::Ordering::Equal => refused = Some(m),
+                std::cmp::Ordering::Greater => after.push(m),
+            }
+        }
+        (before, refused, after)
+    }
+
+    /// Adds `member`, if any, without checking it.
+    pub(super) fn extend(&mut self, member: Option<Member<'a>>) {
+        if let Some(m) = member {
+            self.push(m);
+        }
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -157,13 +212,17 @@ pub(super) enum Outcome {
 pub(super) enum BatchEnd {
     /// Committed: one outcome per member, in order.
     Done(Vec<Outcome>),
-    /// Rolled back; apply the groups one at a time.
-    Fallback(String),
+    /// Rolled back; apply the groups one at a time, or, when `refused`
+    /// names the member the rules or the data refused, that one alone and
+    /// the others as batches again.
+    Fallback { why: String, refused: Option<usize> },
 }
 
 /// Why a run stopped short.
 enum Stop {
     Fallback(String),
+    /// Member `0` is refused (by the rules, or as stale or not found).
+    Refused(usize, String),
     Transient(tokio_postgres::Error),
 }
 
@@ -247,7 +306,14 @@ impl Applier {
             Ok(outcomes) => Ok(BatchEnd::Done(outcomes)),
             Err(Stop::Fallback(why)) => {
                 conn.rollback().await?;
-                Ok(BatchEnd::Fallback(why))
+                Ok(BatchEnd::Fallback { why, refused: None })
+            }
+            Err(Stop::Refused(member, why)) => {
+                conn.rollback().await?;
+                Ok(BatchEnd::Fallback {
+                    why,
+                    refused: Some(member),
+                })
             }
             Err(Stop::Transient(e)) => {
                 let _ = conn.rollback().await;
@@ -275,12 +341,8 @@ impl Applier {
 
         // Round trip 1: claim, keys, locks, versions.
         let claim = conn.prepare(batch_sql::CLAIM).await.map_err(stop)?;
-        let mut reads = Vec::with_capacity(tables.len());
+        let mut locks = Vec::with_capacity(tables.len());
         for t in &tables {
-            let canon = conn
-                .prepare(&batch_sql::canonical_keys(t.plan))
-                .await
-                .map_err(stop)?;
             let lock = conn.prepare(&batch_sql::lock(t.plan)).await.map_err(stop)?;
             let keys: Params = (0..t.plan.primary_key.len())
                 .map(|j| {
@@ -292,8 +354,13 @@ impl Applier {
                     ) as Box<dyn ToSql + Sync + Send>
                 })
                 .collect();
-            reads.push((canon, lock, keys));
+            locks.push((lock, keys));
         }
+        // Tables are locked in the order of their names, whatever the order
+        // of first use, so that batches wait for each other rather than
+        // deadlock.
+        let mut lock_order: Vec<usize> = (0..tables.len()).collect();
+        lock_order.sort_by(|&a, &b| tables[a].plan.label.cmp(&tables[b].plan.label));
         // The versions of every row: what last-writer-wins compares with,
         // and what a row inserted anew or deleted forgets.
         let mut versioned: (Vec<&str>, Vec<String>) = (Vec::new(), Vec::new());
@@ -308,18 +375,19 @@ impl Applier {
         let seqs: Vec<i64> = members.iter().map(|m| m.seq).collect();
         let client = conn.client();
         let versions_params: [&(dyn ToSql + Sync); 2] = [&versioned.0, &versioned.1];
-        let read_params: Vec<Vec<&(dyn ToSql + Sync)>> =
-            reads.iter().map(|(_, _, keys)| refs(keys)).collect();
-        let (begun, claimed, read, recorded) =
-            join4(
-                conn.begin(),
-                client.query(&claim, &[&client_ids, &seqs]),
-                join_all(reads.iter().zip(&read_params).map(|((canon, lock, _), p)| {
-                    join(client.query(canon, p), client.query(lock, p))
-                })),
-                client.query(&versions, &versions_params),
-            )
-            .await;
+        let lock_params: Vec<Vec<&(dyn ToSql + Sync)>> =
+            locks.iter().map(|(_, keys)| refs(keys)).collect();
+        let (begun, claimed, read, recorded) = join4(
+            conn.begin(),
+            client.query(&claim, &[&client_ids, &seqs]),
+            join_all(
+                lock_order
+                    .iter()
+                    .map(|&i| client.query(&locks[i].0, &lock_params[i])),
+            ),
+            client.query(&versions, &versions_params),
+        )
+        .await;
         begun.map_err(stop)?;
         let claimed: HashSet<(String, i64)> = claimed
             .map_err(stop)?
@@ -327,24 +395,33 @@ impl Applier {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<_, tokio_postgres::Error>>()
             .map_err(stop)?;
-        let mut locked: Vec<HashMap<String, Locked>> = Vec::with_capacity(tables.len());
-        for (t, (canon, lock)) in tables.iter().zip(read) {
+        let mut locked: Vec<HashMap<String, Locked>> = vec![HashMap::new(); tables.len()];
+        for (&i, rows) in lock_order.iter().zip(read) {
+            let t = &tables[i];
             let width = t.plan.columns.len();
-            for (&at, printed) in t.ops.iter().zip(canon.map_err(stop)?) {
-                let printed = read_row(&printed, t.plan.primary_key.len()).map_err(stop)?;
-                let printed = serde_json::to_string(&printed).unwrap_or_default();
-                if printed != given_key(op(at)) {
+            for r in rows.map_err(stop)? {
+                let position: i64 = r.try_get(0).map_err(stop)?;
+                let row: Row = (1..=width)
+                    .map(|c| r.try_get(c))
+                    .collect::<Result<_, _>>()
+                    .map_err(stop)?;
+                let commit_ms: i64 = r.try_get(width + 1).map_err(stop)?;
+                let ctid: String = r.try_get(width + 2).map_err(stop)?;
+                let Some(&at) = usize::try_from(position - 1)
+                    .ok()
+                    .and_then(|p| t.ops.get(p))
+                else {
+                    return fallback("the lock answered a row no op asked for");
+                };
+                // Equal keys printed otherwise (`1.5` of a `numeric(10,2)`
+                // key stored as `1.50`, a `citext` key in other case): the
+                // row's versions are recorded under the printed key.
+                let key = given_key(op(at));
+                if version_key(t.plan, &row) != key {
                     return fallback("a key is not in the form Postgres prints it");
                 }
+                locked[i].insert(key, (row, commit_ms, ctid));
             }
-            let mut rows = HashMap::new();
-            for r in lock.map_err(stop)? {
-                let row = read_row(&r, width).map_err(stop)?;
-                let commit_ms: i64 = r.try_get(width).map_err(stop)?;
-                let ctid: String = r.try_get(width + 1).map_err(stop)?;
-                rows.insert(version_key(t.plan, &row), (row, commit_ms, ctid));
-            }
-            locked.push(rows);
         }
         let mut recorded_versions: HashMap<(String, String), Recorded> = HashMap::new();
         for r in recorded.map_err(stop)? {
@@ -391,6 +468,10 @@ impl Applier {
                         })
                         .cloned()
                         .collect()
+                })
+                .map_err(|e| match e {
+                    Stop::Fallback(why) => Stop::Refused(at.0, why),
+                    other => other,
                 })?;
                 match &step {
                     Step::Insert => {
@@ -531,7 +612,7 @@ impl Applier {
             for &at in t.ops.iter().filter(|(m, _)| applies[*m]) {
                 let op = op(at);
                 let claims = members[at.0].cx.claims;
-                let denied = |d: crate::schema::Denied| Stop::Fallback(d.0);
+                let denied = |d: crate::schema::Denied| Stop::Refused(at.0, d.0);
                 let Some((step, _)) = steps.get(&at) else {
                     continue;
                 };

@@ -10,8 +10,8 @@
 //!
 //! Invariants: the same things are written as the statements of one op
 //! (`merge`), by the same merge expressions and casts; the lock takes rows
-//! in key order, so two batches locking overlapping rows of a table wait
-//! for each other instead of deadlocking; rows are found by index lookups
+//! and the insert new keys in key order, so two batches on overlapping rows
+//! of a table wait for each other instead of deadlocking; rows are found by index lookups
 //! of one key each or by row id (`ctid`, read under the row's lock), never
 //! by a join the planner could turn into a scan of a table it believes
 //! small (plans are kept per connection while tables grow); a write
@@ -82,29 +82,16 @@ fn key_values(plan: &TablePlan) -> Vec<String> {
         .collect()
 }
 
-/// The keys as Postgres prints them, in the order given: what the rows
-/// written and locked are matched by. A key that is no value of its type
-/// fails the statement.
-pub(super) fn canonical_keys(plan: &TablePlan) -> String {
-    let printed: Vec<String> = key_values(plan)
-        .into_iter()
-        .map(|v| format!("({v})::text"))
-        .collect();
-    format!(
-        "SELECT {} FROM {} ORDER BY u.\"o#i\"",
-        printed.join(", "),
-        unnest(1, &key_names(plan), true)
-    )
-}
-
-/// Locks the rows with the keys given, in key order, and reads them: every
-/// column as text, the commit time of the row's last change, and the row's
-/// id (`ctid`), which stays the row's while the lock is held.
+/// Locks the rows with the keys given, in key order, and reads them: the
+/// position of the key among those given (from 1), every column as text,
+/// the commit time of the row's last change, and the row's id (`ctid`),
+/// which stays the row's while the lock is held.
 pub(super) fn lock(plan: &TablePlan) -> String {
     let keys = key_values(plan);
-    let given: Vec<String> = (0..keys.len())
+    let mut given: Vec<String> = (0..keys.len())
         .map(|i| format!("{} AS \"o#k{i}\"", keys[i]))
         .collect();
+    given.push("u.\"o#i\"".into());
     let join: Vec<String> = plan
         .primary_key
         .iter()
@@ -114,10 +101,10 @@ pub(super) fn lock(plan: &TablePlan) -> String {
     // Each key looked up on its own (OFFSET 0 keeps the subquery apart): an
     // index lookup whatever the planner believes of the table's size.
     format!(
-        "SELECT r.* FROM (SELECT {} FROM {} ORDER BY {}) AS k \
+        "SELECT k.\"o#i\", r.* FROM (SELECT {} FROM {} ORDER BY {}) AS k \
          CROSS JOIN LATERAL (SELECT {}, {}, ctid::text FROM {} WHERE {} OFFSET 0 FOR UPDATE) AS r",
         given.join(", "),
-        unnest(1, &key_names(plan), false),
+        unnest(1, &key_names(plan), true),
         (1..=keys.len())
             .map(|i| i.to_string())
             .collect::<Vec<_>>()
@@ -130,7 +117,7 @@ pub(super) fn lock(plan: &TablePlan) -> String {
 }
 
 /// Inserts new rows writing `columns` (indexes into the plan's columns),
-/// in the order given; a key inserted meanwhile by another transaction is
+/// in key order; a key inserted meanwhile by another transaction is
 /// left alone and its row is missing from what is returned.
 pub(super) fn insert(plan: &TablePlan, columns: &[usize]) -> String {
     let mut names = key_names(plan);
@@ -148,12 +135,16 @@ pub(super) fn insert(plan: &TablePlan, columns: &[usize]) -> String {
         values.push(merge::inserted(column.merge, &column.cast, &value));
     }
     format!(
-        "INSERT INTO {} ({}) SELECT {} FROM {} ORDER BY u.\"o#i\" \
+        "INSERT INTO {} ({}) SELECT {} FROM {} ORDER BY {} \
          ON CONFLICT ({}) DO NOTHING RETURNING {}",
         plan.qualified,
         targets.join(", "),
         values.join(", "),
-        unnest(1, &names, true),
+        unnest(1, &names, false),
+        (1..=plan.primary_key.len())
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         plan.key_columns(),
         plan.returning
     )

@@ -191,11 +191,16 @@ impl Applier {
             let mut plan = TablePlan::new(table, table_rules, &casts, commit_times)
                 .map_err(WriteError::Plan)?;
             plan.batchable = conn
-                .query_opt(plan::SIDE_EFFECTS, &[&qualified])
+                .query_opt(plan::UNBATCHABLE, &[&qualified])
                 .await
                 .and_then(|r| r.map_or(Ok(true), |r| r.try_get::<_, bool>(0)))
                 .map_err(WriteError::Setup)?
                 .not();
+            plan.related = conn
+                .query(plan::RELATED, &[&qualified])
+                .await
+                .and_then(|rows| rows.iter().map(|r| r.try_get(0)).collect())
+                .map_err(WriteError::Setup)?;
             plans.insert(table.client_name.clone(), plan);
         }
         drop(conn);

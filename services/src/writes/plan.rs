@@ -19,14 +19,34 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Whether writes to other rows can change the table's rows behind an
-/// op's back (`$1` the qualified table): a trigger of its own, or a
-/// foreign key with a referential action other than NO ACTION / RESTRICT.
-pub(crate) const SIDE_EFFECTS: &str = "SELECT EXISTS (\
+/// Whether the table's ops cannot be applied in batches (`$1` the qualified
+/// table): writes to other rows change its rows behind an op's back (a
+/// trigger of its own, a foreign key with a referential action other than
+/// NO ACTION / RESTRICT), or a constraint ties its rows to one another in
+/// a way the order of a batch's statements could change (a foreign key to
+/// itself, a unique or exclusion constraint beside the primary key, a
+/// deferrable constraint, checked at the commit of the whole batch).
+pub(crate) const UNBATCHABLE: &str = "SELECT EXISTS (\
          SELECT 1 FROM pg_trigger WHERE tgrelid = $1::text::regclass AND NOT tgisinternal) \
      OR EXISTS (\
          SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'f' \
-         AND (confdeltype NOT IN ('a', 'r') OR confupdtype NOT IN ('a', 'r')))";
+         AND (confdeltype NOT IN ('a', 'r') OR confupdtype NOT IN ('a', 'r') \
+              OR confrelid = conrelid)) \
+     OR EXISTS (\
+         SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND condeferrable) \
+     OR EXISTS (\
+         SELECT 1 FROM pg_index WHERE indrelid = $1::text::regclass AND NOT indisprimary \
+         AND (indisunique OR indisexclusion))";
+
+/// The tables a foreign key ties to the table `$1` (qualified), either
+/// way, as `schema.table`.
+pub(crate) const RELATED: &str = "SELECT DISTINCT n.nspname || '.' || c.relname \
+     FROM pg_constraint k \
+     JOIN pg_class c ON c.oid = CASE WHEN k.conrelid = $1::text::regclass \
+                                     THEN k.confrelid ELSE k.conrelid END \
+     JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE k.contype = 'f' \
+       AND (k.conrelid = $1::text::regclass OR k.confrelid = $1::text::regclass)";
 
 /// A column of a writable table.
 #[derive(Clone, Debug)]
@@ -69,9 +89,11 @@ pub(crate) struct TablePlan {
     pub returning: String,
     /// The commit time (ms) of the row's last change, 0 when unknown.
     pub commit_ms: &'static str,
-    /// Its ops may be applied in batches: no trigger and no referential
-    /// action changes its rows as a side effect of other writes.
+    /// Its ops may be applied in batches (see [`UNBATCHABLE`]).
     pub batchable: bool,
+    /// The tables a foreign key ties it to (`schema.table`): a batch keeps
+    /// their ops in the order of the ops of this one.
+    pub related: Vec<String>,
 }
 
 impl TablePlan {
@@ -128,6 +150,7 @@ impl TablePlan {
             returning,
             commit_ms,
             batchable: false,
+            related: Vec::new(),
         };
         plan.lock_sql = format!(
             "SELECT {}, {} FROM {} WHERE {} FOR UPDATE",

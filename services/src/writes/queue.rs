@@ -18,7 +18,9 @@
 //! requests only while its own is still waiting), and is answered exactly
 //! once — with its results, or, when Postgres failed while its groups were
 //! applied, with an error (the client retries; what was applied comes back
-//! as DUPLICATE).
+//! as DUPLICATE). A leader serves others from inside its own request, so
+//! a request must run to its end once queued: the server applies each in a
+//! task of its own, which a client going away does not cancel.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -223,49 +225,67 @@ impl Applier {
         owners: &mut Vec<usize>,
         answers: &mut Answers,
     ) -> Result<(), WriteError> {
-        let batch = std::mem::take(batch);
-        let owners = std::mem::take(owners);
-        if batch.is_empty() {
-            return Ok(());
-        }
-        if batch.len() > 1 {
-            let started = std::time::Instant::now();
-            let end = self
-                .run_batch(conn, &batch)
-                .await
-                .map_err(WriteError::Postgres)?;
-            tracing::trace!(
-                groups = batch.len(),
-                micros = started.elapsed().as_micros() as u64,
-                "write batch"
-            );
-            match end {
-                BatchEnd::Done(outcomes) => {
-                    for ((m, outcome), &r) in batch.members.iter().zip(outcomes).zip(&owners) {
-                        let result = match outcome {
-                            Outcome::Applied(lsn) => GroupResult {
-                                seq: m.group.seq,
-                                status: Status::Applied as i32,
-                                commit_lsn: lsn.0,
-                                ..GroupResult::default()
-                            },
-                            Outcome::Duplicate => {
-                                self.duplicate(conn, m.cx.client_id, m.group.seq, m.seq)
-                                    .await?
-                            }
-                        };
-                        answers.push(r, result);
+        let mut work = VecDeque::from([(std::mem::take(batch), std::mem::take(owners))]);
+        while let Some((batch, owners)) = work.pop_front() {
+            if batch.is_empty() {
+                continue;
+            }
+            if batch.len() > 1 {
+                let started = std::time::Instant::now();
+                let end = self
+                    .run_batch(conn, &batch)
+                    .await
+                    .map_err(WriteError::Postgres)?;
+                tracing::trace!(
+                    groups = batch.len(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "write batch"
+                );
+                match end {
+                    BatchEnd::Done(outcomes) => {
+                        for ((m, outcome), &r) in batch.members.iter().zip(outcomes).zip(&owners) {
+                            let result = match outcome {
+                                Outcome::Applied(lsn) => GroupResult {
+                                    seq: m.group.seq,
+                                    status: Status::Applied as i32,
+                                    commit_lsn: lsn.0,
+                                    ..GroupResult::default()
+                                },
+                                Outcome::Duplicate => {
+                                    self.duplicate(conn, m.cx.client_id, m.group.seq, m.seq)
+                                        .await?
+                                }
+                            };
+                            answers.push(r, result);
+                        }
+                        continue;
                     }
-                    return Ok(());
-                }
-                BatchEnd::Fallback(why) => {
-                    tracing::debug!(groups = batch.len(), %why, "a batch is applied one group at a time");
+                    BatchEnd::Fallback {
+                        why,
+                        refused: Some(k),
+                    } => {
+                        tracing::debug!(groups = batch.len(), %why, "a group of a batch is applied alone");
+                        // Before it, it alone, after it: in order.
+                        let (before, refused, after) = batch.split(k);
+                        let mut after_owners = owners;
+                        let mut before_owners: Vec<usize> = after_owners.drain(..=k).collect();
+                        let refused_owner = before_owners.pop();
+                        let mut alone = Batch::default();
+                        alone.extend(refused);
+                        work.push_front((after, after_owners));
+                        work.push_front((alone, refused_owner.into_iter().collect()));
+                        work.push_front((before, before_owners));
+                        continue;
+                    }
+                    BatchEnd::Fallback { why, refused: None } => {
+                        tracing::debug!(groups = batch.len(), %why, "a batch is applied one group at a time");
+                    }
                 }
             }
-        }
-        for (m, &r) in batch.members.iter().zip(&owners) {
-            let result = self.apply_group(conn, m.cx, m.group).await?;
-            answers.push(r, result);
+            for (m, &r) in batch.members.iter().zip(&owners) {
+                let result = self.apply_group(conn, m.cx, m.group).await?;
+                answers.push(r, result);
+            }
         }
         Ok(())
     }

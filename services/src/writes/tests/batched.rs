@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use outpost_proto::v1::group_result::Status;
+use outpost_proto::v1::value::Kind;
 use outpost_proto::v1::write_op;
 
 use super::*;
@@ -35,7 +36,10 @@ CREATE TABLE cells (
     value text,
     PRIMARY KEY (sheet, pos)
 );
-CREATE PUBLICATION outpost FOR TABLE notes_a, notes_b, audited, cells;
+CREATE TABLE lists (id int PRIMARY KEY, owner text NOT NULL, name text);
+CREATE TABLE items (id int PRIMARY KEY, list_id int NOT NULL REFERENCES lists (id), owner text NOT NULL);
+CREATE TABLE prices (id numeric(10,2) PRIMARY KEY, owner text NOT NULL);
+CREATE PUBLICATION outpost FOR TABLE notes_a, notes_b, audited, cells, lists, items, prices;
 ";
 
 const RULES: &str = r#"
@@ -76,6 +80,29 @@ where = "owner = auth.sub"
 [tables.cells]
 insert = "new.owner = auth.sub"
 update = "old.owner = auth.sub"
+delete = "old.owner = auth.sub"
+
+[shapes.lists]
+table = "lists"
+where = "owner = auth.sub"
+
+[shapes.items]
+table = "items"
+where = "owner = auth.sub"
+
+[shapes.prices]
+table = "prices"
+where = "owner = auth.sub"
+
+[tables.lists]
+insert = "new.owner = auth.sub"
+update = "old.owner = auth.sub"
+
+[tables.items]
+insert = "new.owner = auth.sub"
+
+[tables.prices]
+insert = "new.owner = auth.sub"
 delete = "old.owner = auth.sub"
 
 [tables.audited]
@@ -471,6 +498,115 @@ fn rows_with_keys_of_several_columns_and_keys_postgres_prints_otherwise() {
                 "[\"{SHEET}\",\"1\"]|20\n[\"{SHEET}\",\"3\"]|10\n[\"{SHEET}\",\"4\"]|30\n\
                  [\"{SHEET}\",\"5\"]|30\n[\"{SHEET}\",\"6\"]|10\n[\"{SHEET}\",\"7\"]|20"
             )
+        );
+    });
+}
+
+fn owned(table: &str, id: i64, extra: Vec<ColumnValue>, at: u64) -> WriteOp {
+    let mut columns = vec![col("owner", text("alice"))];
+    columns.extend(extra);
+    insert(table, id, columns, hlc(at))
+}
+
+#[test]
+fn foreign_keys_are_checked_in_the_order_of_the_groups() {
+    let pg = cluster(SQL, false);
+    let rt = runtime();
+    rt.block_on(async {
+        let applier = applier(&pg, RULES).await;
+        let alice = claims("alice");
+        let groups = vec![
+            group(1, vec![owned("lists", 1, vec![], 1)]),
+            // List 9 comes only in the next group: refused, as it would be
+            // alone, although a batch writes the lists first.
+            group(2, vec![owned("items", 1, vec![col("list_id", int(9))], 1)]),
+            group(3, vec![owned("lists", 9, vec![], 1)]),
+            group(4, vec![owned("items", 2, vec![col("list_id", int(9))], 1)]),
+            group(5, vec![owned("items", 3, vec![col("list_id", int(1))], 1)]),
+        ];
+        let r = applier.apply("c", &alice, &groups).await.expect("apply");
+        assert_eq!(
+            outcomes(&r),
+            [
+                applied(),
+                rejected(reason::FOREIGN_KEY_VIOLATION),
+                applied(),
+                applied(),
+                applied()
+            ]
+        );
+        assert_eq!(
+            query(&pg, "SELECT id, list_id FROM items ORDER BY id"),
+            "2|9\n3|1"
+        );
+    });
+}
+
+#[test]
+fn a_refused_group_leaves_the_others_batched_and_equal_keys_printed_otherwise_are_one_row() {
+    let pg = cluster(SQL, false);
+    let rt = runtime();
+    rt.block_on(async {
+        let applier = applier(&pg, RULES).await;
+        let alice = claims("alice");
+        let price = |id: f64, owner: &str| WriteOp {
+            kind: write_op::Kind::Insert as i32,
+            table: "prices".into(),
+            key: vec![Value {
+                kind: Some(Kind::Real(id)),
+            }],
+            columns: vec![col("owner", text(owner))],
+            hlc: hlc(1),
+            before: Vec::new(),
+        };
+        let list =
+            |id: i64, owner: &str| insert("lists", id, vec![col("owner", text(owner))], hlc(1));
+        let groups: Vec<OpGroup> = (1..=7)
+            .map(|i| {
+                group(
+                    i as u64,
+                    vec![list(i, if i == 4 { "bob" } else { "alice" })],
+                )
+            })
+            .collect();
+        let r = applier.apply("c", &alice, &groups).await.expect("apply");
+        let mut expected = vec![applied(); 7];
+        expected[3] = rejected(reason::PERMISSION_DENIED);
+        assert_eq!(outcomes(&r), expected);
+        let lsns = |r: &[GroupResult]| r.iter().map(|r| r.commit_lsn).collect::<BTreeSet<_>>();
+        assert_eq!(lsns(&r[..3]).len(), 1, "{r:?}");
+        assert_eq!(lsns(&r[4..]).len(), 1, "{r:?}");
+        assert_ne!(r[0].commit_lsn, r[4].commit_lsn);
+        assert_eq!(query(&pg, "SELECT count(*) FROM lists"), "6");
+        // Keys Postgres prints otherwise: the batch falls back, same outcome.
+        let groups: Vec<OpGroup> = [1.5, 2.5, 3.5]
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| group(i as u64 + 10, vec![price(id, "alice")]))
+            .collect();
+        let r = applier.apply("c", &alice, &groups).await.expect("apply");
+        assert_eq!(outcomes(&r), vec![applied(); 3]);
+        // 1.5 names the row stored as 1.50: deleted, with another group.
+        let mut delete = price(1.5, "alice");
+        delete.kind = write_op::Kind::Delete as i32;
+        delete.columns.clear();
+        let mut other = price(8.5, "alice");
+        other.hlc = hlc(2);
+        let r = applier
+            .apply(
+                "c",
+                &alice,
+                &[group(20, vec![delete]), group(21, vec![other])],
+            )
+            .await
+            .expect("apply");
+        assert_eq!(outcomes(&r), [applied(), applied()]);
+        assert_eq!(
+            query(
+                &pg,
+                "SELECT string_agg(id::text, ',' ORDER BY id) FROM prices"
+            ),
+            "2.50,3.50,8.50"
         );
     });
 }
