@@ -8,6 +8,8 @@
 //!   groups of ops         ─▶ table function ─▶ merge + write ─▶ permission
 //!                         ─▶ column versions ─▶ COMMIT
 //!   (a single-op group: three round trips to Postgres, see `apply`)
+//! requests waiting together ─▶ `queue` ─▶ `batch`: many groups, one
+//!   transaction, a few statements per table, three round trips
 //! ◀─ GroupResult: APPLIED (commit LSN) │ DUPLICATE (original result) │ REJECTED (reason, op)
 //! ```
 //!
@@ -31,7 +33,9 @@
 //! [`hlc`] (versions),
 //! `function` (the table function), `values` (wire values → Postgres text),
 //! `plan` (per-table SQL prepared at start-up), `pool` (connections),
-//! `pipeline` (statements of a group sharing a round trip),
+//! `pipeline` (statements of a group sharing a round trip), `queue`
+//! (requests waiting, and the leaders that batch them), `batch` and
+//! `batch_sql` (many groups in one transaction),
 //! [`reason`] (the rejection codes).
 
 mod apply;
