@@ -325,6 +325,8 @@ impl Applier {
     async fn try_batch(&self, conn: &mut Conn, batch: &Batch<'_>) -> Result<Vec<Outcome>, Stop> {
         let members = &batch.members;
         let op = |(m, o): At| &members[m].ops[o].1;
+        // The version key of an op's row as the op gives it, made once.
+        let key_of = |(m, o): At| &members[m].rows[o];
         // The tables, in order of first use.
         let mut tables: Vec<TableOps<'_>> = Vec::new();
         for (m, member) in members.iter().enumerate() {
@@ -367,7 +369,7 @@ impl Applier {
         for t in &tables {
             for &at in &t.ops {
                 versioned.0.push(&t.plan.label);
-                versioned.1.push(given_key(op(at)));
+                versioned.1.push(key_of(at).clone());
             }
         }
         let versions = conn.prepare(batch_sql::VERSIONS).await.map_err(stop)?;
@@ -416,7 +418,7 @@ impl Applier {
                 // Equal keys printed otherwise (`1.5` of a `numeric(10,2)`
                 // key stored as `1.50`, a `citext` key in other case): the
                 // row's versions are recorded under the printed key.
-                let key = given_key(op(at));
+                let key = key_of(at).clone();
                 if version_key(t.plan, &row) != key {
                     return fallback("a key is not in the form Postgres prints it");
                 }
@@ -450,7 +452,7 @@ impl Applier {
             for &at in t.ops.iter().filter(|(m, _)| applies[*m]) {
                 let op = op(at);
                 let cx = members[at.0].cx;
-                let key = given_key(op);
+                let key = key_of(at).clone();
                 let current = rows.get(&key);
                 let (step, commit_ms) = decide(t.plan, op, cx, current, |old, commit_ms| {
                     let recorded = recorded_versions.get(&(t.plan.label.clone(), key.clone()));
@@ -597,7 +599,7 @@ impl Applier {
                         .collect::<Result<_, tokio_postgres::Error>>()
                         .map_err(stop)?;
                     for &at in ats {
-                        let Some(row) = by_key.remove(&given_key(op(at))) else {
+                        let Some(row) = by_key.remove(key_of(at)) else {
                             return fallback("a key was inserted or removed concurrently");
                         };
                         written.insert(at, row);
