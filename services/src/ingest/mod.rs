@@ -2,7 +2,7 @@
 //! and the bucket ops of every bucket the row enters, stays in or leaves.
 //!
 //! ```text
-//! pgoutput Insert/Update/Delete/Truncate ──▶ RowChanges ──▶ mirror + bucket_ops
+//! pgoutput Insert/Update/Delete/Truncate ──▶ RowChanges ──▶ mirror + ops
 //!                                  (route old and new versions by shape)
 //! store commit ──▶ RecentCommits (what it wrote, in memory) ──▶ Progress
 //! ```

@@ -7,9 +7,11 @@
 //! mirror      (table, key) → the row as Postgres printed it + where it is placed
 //!             (each bucket it is in, with the id of its PUT op there) + the
 //!             hash of that version
-//! bucket_ops  (bucket, op id) → the op: table, key, kind, encoded RowOp
+//! ops         op id → the op: its bucket's id, kind, encoded RowOp
+//!             (+ index ops_by_bucket: (bucket id, op id))
 //! tombstones  (bucket, table, key) → op id of the row's REMOVE op there
-//! buckets     bucket → checksum, row count, last op id, compaction horizon
+//! buckets     id → bucket (unique), checksum, row count, last op id,
+//!             compaction horizon
 //! members     (membership, user key, key, source row) — the membership index
 //! member_versions (membership, user key) → op id of its last change
 //! links       (hop source, parent key, child key) — the link index
@@ -20,13 +22,18 @@
 //!   reader sees only committed store transactions, and the writer commits
 //!   only at replicated transaction boundaries, so every state a reader sees
 //!   is one that Postgres had.
-//! - `bucket_ops` holds one op per row and bucket (the latest), so reading a
+//! - `ops` holds one op per row and bucket (the latest), so reading a
 //!   bucket from a cursor gives the changed rows' current state, and reading
 //!   it from zero gives the bucket's whole content. Removes stay as tombstones
 //!   until compacted past a horizon; a cursor older than the horizon must be
 //!   reset by the reader. A PUT op is found through the mirror's `placed`, a
 //!   REMOVE op through `tombstones` (one entry per REMOVE op), so that an op
-//!   is written as an append to its bucket's log, with one index.
+//!   is written as an append to the op log, and an entry in the index of
+//!   its bucket's ops, which names the bucket by its integer id: a commit
+//!   that reaches many buckets dirties a page per few hundred of them, not
+//!   a page per op (the op log itself only grows at its end).
+//! - A bucket's id is assigned when its first op is written and kept until
+//!   the store is emptied.
 //! - A bucket's checksum is the wrapping sum of the row hashes of the PUT ops
 //!   it holds (see `outpost_proto::row_hash`), kept up to date in the same
 //!   store transaction as the ops.
@@ -99,12 +106,12 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The layout of the tables below; a store with an older one is rebuilt.
-const FORMAT: i64 = 3;
+const FORMAT: i64 = 4;
 
 /// Every table of the store, to empty a store of an older layout.
 const DROP_ALL: &str = "
 DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS mirror; DROP TABLE IF EXISTS bucket_ops;
-DROP TABLE IF EXISTS tombstones;
+DROP TABLE IF EXISTS ops; DROP TABLE IF EXISTS tombstones;
 DROP TABLE IF EXISTS buckets; DROP TABLE IF EXISTS members; DROP TABLE IF EXISTS member_versions;
 DROP TABLE IF EXISTS links;
 ";
@@ -114,15 +121,15 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITH
 CREATE TABLE IF NOT EXISTS mirror (
     tbl TEXT NOT NULL, klen INTEGER NOT NULL, key TEXT NOT NULL, row BLOB NOT NULL,
     placed TEXT NOT NULL, hash INTEGER NOT NULL, PRIMARY KEY (tbl, klen, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS bucket_ops (
-    bucket TEXT NOT NULL, op_id INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL,
-    kind INTEGER NOT NULL, op BLOB NOT NULL, PRIMARY KEY (bucket, op_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ops (
+    op_id INTEGER PRIMARY KEY, bucket INTEGER NOT NULL, kind INTEGER NOT NULL, op BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS ops_by_bucket ON ops (bucket, op_id);
 CREATE TABLE IF NOT EXISTS tombstones (
     bucket TEXT NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, op_id INTEGER NOT NULL,
     PRIMARY KEY (bucket, tbl, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS buckets (
-    bucket TEXT PRIMARY KEY, checksum INTEGER NOT NULL, count INTEGER NOT NULL,
-    last_op_id INTEGER NOT NULL, horizon INTEGER NOT NULL) WITHOUT ROWID;
+    id INTEGER PRIMARY KEY, bucket TEXT NOT NULL UNIQUE, checksum INTEGER NOT NULL,
+    count INTEGER NOT NULL, last_op_id INTEGER NOT NULL, horizon INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS members (
     membership INTEGER NOT NULL, user_key TEXT NOT NULL, key TEXT NOT NULL, src TEXT NOT NULL,
     PRIMARY KEY (membership, user_key, key, src)) WITHOUT ROWID;
@@ -194,6 +201,6 @@ fn upgrade(conn: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
     Ok(())
 }
 
-/// The op kinds stored in `bucket_ops.kind`, as in the wire `RowOp.Kind`.
+/// The op kinds stored in `ops.kind`, as in the wire `RowOp.Kind`.
 pub(crate) const KIND_PUT: i64 = 1;
 pub(crate) const KIND_REMOVE: i64 = 2;

@@ -138,7 +138,9 @@ impl ReadTxn<'_> {
         mut f: impl FnMut(u64, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT op_id, kind, op FROM bucket_ops WHERE bucket = ?1 AND op_id > ?2 ORDER BY op_id",
+            "SELECT op_id, kind, op FROM ops
+             WHERE bucket = (SELECT id FROM buckets WHERE bucket = ?1) AND op_id > ?2
+             ORDER BY op_id",
         )?;
         let mut rows = stmt.query(rusqlite::params![bucket, cursor as i64])?;
         while let Some(row) = rows.next()? {

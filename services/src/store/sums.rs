@@ -1,6 +1,7 @@
 //! The writer's running summary of each bucket it changes (checksum, row
 //! count, last op id), kept in memory and written to the `buckets` table
-//! once per store commit instead of being read and written for every op.
+//! once per store commit instead of being read and written for every op,
+//! with the bucket's integer id, which the op index names it by.
 //!
 //! Invariants:
 //! - An entry, once loaded, is the bucket's summary including every op of
@@ -10,6 +11,9 @@
 //! - After a rollback or a rebuild the entries are dropped ([`BucketSums::clear`]):
 //!   they would describe writes that no longer exist.
 //! - Flushing never touches a bucket's compaction horizon.
+//! - Every entry has its `buckets` row: a bucket the store has not seen
+//!   gets one (and its id) when it is first loaded, in the open
+//!   transaction, so a rollback forgets both.
 //! - Entries are dropped for memory only between transactions
 //!   ([`BucketSums::trim`]), so every bucket the open transaction wrote to
 //!   has its entry until it commits.
@@ -25,6 +29,8 @@ const MAX_KEPT: usize = 65_536;
 /// One bucket's summary.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Sum {
+    /// The bucket's id in `buckets` (and in the op index).
+    pub id: i64,
     pub checksum: u64,
     pub count: i64,
     pub last_op_id: u64,
@@ -44,36 +50,54 @@ pub(super) struct BucketSums {
 
 impl BucketSums {
     /// Changes the summary of `bucket` with `f`, loading it from the store
-    /// on first use.
+    /// on first use (creating its row when the store has none); returns the
+    /// bucket's id. Call it inside a store transaction.
     pub fn update(
         &mut self,
         conn: &rusqlite::Connection,
         bucket: &str,
         f: impl FnOnce(&mut Sum),
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         if let Some(sum) = self.entries.get_mut(bucket) {
             f(sum);
             if !sum.dirty {
                 sum.dirty = true;
                 self.dirty.push(bucket.to_string());
             }
-            return Ok(());
+            return Ok(sum.id);
         }
-        let stored: Option<(i64, i64, i64)> = conn
-            .prepare_cached("SELECT checksum, count, last_op_id FROM buckets WHERE bucket = ?1")?
-            .query_row([bucket], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        let stored: Option<(i64, i64, i64, i64)> = conn
+            .prepare_cached(
+                "SELECT id, checksum, count, last_op_id FROM buckets WHERE bucket = ?1",
+            )?
+            .query_row([bucket], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .optional()?;
-        let mut sum = stored.map_or_else(Sum::default, |(c, n, op)| Sum {
-            checksum: c as u64,
-            count: n,
-            last_op_id: op as u64,
-            dirty: false,
-        });
+        let mut sum = match stored {
+            Some((id, c, n, op)) => Sum {
+                id,
+                checksum: c as u64,
+                count: n,
+                last_op_id: op as u64,
+                dirty: false,
+            },
+            None => Sum {
+                id: conn
+                    .prepare_cached(
+                        "INSERT INTO buckets (bucket, checksum, count, last_op_id, horizon)
+                         VALUES (?1, 0, 0, 0, 0) RETURNING id",
+                    )?
+                    .query_row([bucket], |r| r.get(0))?,
+                ..Sum::default()
+            },
+        };
         f(&mut sum);
         sum.dirty = true;
+        let id = sum.id;
         self.entries.insert(bucket.to_string(), sum);
         self.dirty.push(bucket.to_string());
-        Ok(())
+        Ok(id)
     }
 
     /// The summary of `bucket`, if it is loaded.
@@ -84,9 +108,7 @@ impl BucketSums {
     /// Writes every changed summary to the `buckets` table.
     pub fn flush(&mut self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
         let mut stmt = conn.prepare_cached(
-            "INSERT INTO buckets (bucket, checksum, count, last_op_id, horizon) VALUES (?1, ?2, ?3, ?4, 0)
-             ON CONFLICT (bucket) DO UPDATE SET checksum = excluded.checksum, count = excluded.count,
-                last_op_id = excluded.last_op_id",
+            "UPDATE buckets SET checksum = ?2, count = ?3, last_op_id = ?4 WHERE id = ?1",
         )?;
         let dirty = std::mem::take(&mut self.dirty);
         for (i, bucket) in dirty.iter().enumerate() {
@@ -94,7 +116,7 @@ impl BucketSums {
                 continue;
             };
             let written = stmt.execute(params![
-                bucket,
+                sum.id,
                 sum.checksum as i64,
                 sum.count,
                 sum.last_op_id as i64

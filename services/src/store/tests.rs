@@ -342,7 +342,7 @@ fn the_log_is_copied_into_the_file_beside_the_commits_and_removed_on_close() {
     w.commit().unwrap();
     // Small commits, as live changes make them, well past the 1000 log
     // frames that wake the thread.
-    let title = "x".repeat(300);
+    let title = "x".repeat(600);
     for txn in 0..100i64 {
         w.begin().unwrap();
         for i in 0..100 {

@@ -244,7 +244,7 @@ impl StoreWriter {
         self.begin()?;
         self.sums.clear();
         self.conn.execute_batch(
-            "DELETE FROM mirror; DELETE FROM bucket_ops; DELETE FROM tombstones; DELETE FROM buckets;
+            "DELETE FROM mirror; DELETE FROM ops; DELETE FROM tombstones; DELETE FROM buckets;
              DELETE FROM meta WHERE key <> 'format';
              DELETE FROM members; DELETE FROM member_versions; DELETE FROM links;",
         )?;
@@ -361,12 +361,12 @@ impl StoreWriter {
     }
 
     /// Stores an op (encoded `RowOp` with `op_id` 0: the reader sets the id
-    /// when it reads the op back) under id `op_id`.
+    /// when it reads the op back) under id `op_id`, in the bucket with id
+    /// `bucket_id`.
     fn insert_op(
         &mut self,
         bucket: &str,
-        tbl: &str,
-        key: &str,
+        bucket_id: i64,
         kind: i64,
         op: &[u8],
         op_id: u64,
@@ -374,17 +374,15 @@ impl StoreWriter {
         self.touched
             .record_op(bucket, op_id, kind == KIND_REMOVE, op);
         self.conn
-            .prepare_cached(
-                "INSERT INTO bucket_ops (bucket, op_id, tbl, key, kind, op) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![bucket, op_id as i64, tbl, key, kind, op])?;
+            .prepare_cached("INSERT INTO ops (op_id, bucket, kind, op) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![op_id as i64, bucket_id, kind, op])?;
         Ok(())
     }
 
-    fn delete_op(&mut self, bucket: &str, op_id: u64) -> Result<(), StoreError> {
+    fn delete_op(&mut self, op_id: u64) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("DELETE FROM bucket_ops WHERE bucket = ?1 AND op_id = ?2")?
-            .execute(params![bucket, op_id as i64])?;
+            .prepare_cached("DELETE FROM ops WHERE op_id = ?1")?
+            .execute([op_id as i64])?;
         Ok(())
     }
 
@@ -401,7 +399,7 @@ impl StoreWriter {
             .query_row([bucket, tbl, key], |r| r.get(0))
             .optional()?;
         if let Some(op_id) = found {
-            self.delete_op(bucket, op_id as u64)?;
+            self.delete_op(op_id as u64)?;
         }
         Ok(())
     }
@@ -422,18 +420,18 @@ impl StoreWriter {
         op_id: u64,
     ) -> Result<(), StoreError> {
         match replaces {
-            Some((old_id, _)) => self.delete_op(bucket, old_id)?,
+            Some((old_id, _)) => self.delete_op(old_id)?,
             None => self.drop_tombstone(bucket, tbl, key)?,
         }
-        self.insert_op(bucket, tbl, key, KIND_PUT, op, op_id)?;
-        self.sums.update(&self.conn, bucket, |sum| {
+        let bucket_id = self.sums.update(&self.conn, bucket, |sum| {
             match replaces {
                 Some((_, old)) => sum.checksum = bucket_checksum_sub(sum.checksum, old),
                 None => sum.count += 1,
             }
             sum.checksum = bucket_checksum_add(sum.checksum, hash);
             sum.last_op_id = sum.last_op_id.max(op_id);
-        })
+        })?;
+        self.insert_op(bucket, bucket_id, KIND_PUT, op, op_id)
     }
 
     /// As [`StoreWriter::put_op`], under a new op id, which it returns.
@@ -463,9 +461,14 @@ impl StoreWriter {
         placed: (u64, u64),
     ) -> Result<(), StoreError> {
         let (put_id, hash) = placed;
-        self.delete_op(bucket, put_id)?;
+        self.delete_op(put_id)?;
         let op_id = self.next_op_id();
-        self.insert_op(bucket, tbl, key, KIND_REMOVE, op, op_id)?;
+        let bucket_id = self.sums.update(&self.conn, bucket, |sum| {
+            sum.checksum = bucket_checksum_sub(sum.checksum, hash);
+            sum.count -= 1;
+            sum.last_op_id = sum.last_op_id.max(op_id);
+        })?;
+        self.insert_op(bucket, bucket_id, KIND_REMOVE, op, op_id)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO tombstones (bucket, tbl, key, op_id) VALUES (?1, ?2, ?3, ?4)
@@ -473,11 +476,7 @@ impl StoreWriter {
             )?
             .execute(params![bucket, tbl, key, op_id as i64])?;
         self.tombstones_maybe = true;
-        self.sums.update(&self.conn, bucket, |sum| {
-            sum.checksum = bucket_checksum_sub(sum.checksum, hash);
-            sum.count -= 1;
-            sum.last_op_id = sum.last_op_id.max(op_id);
-        })
+        Ok(())
     }
 
     /// Drops tombstones at or below `horizon` op id and records the horizon on
@@ -494,8 +493,7 @@ impl StoreWriter {
             .execute([h])?;
         self.conn
             .prepare_cached(
-                "DELETE FROM bucket_ops WHERE (bucket, op_id) IN
-                 (SELECT bucket, op_id FROM tombstones WHERE op_id <= ?1)",
+                "DELETE FROM ops WHERE op_id IN (SELECT op_id FROM tombstones WHERE op_id <= ?1)",
             )?
             .execute([h])?;
         let n = self
