@@ -127,15 +127,33 @@ fn checksums_ops_and_snapshots() {
     assert_eq!(from_two, vec![(3, 1), (4, 2)]);
 
     // Compaction drops the tombstone and raises the horizon.
+    // The tombstone was the bucket's newest op: its summary stays.
     assert_eq!(w.compact_tombstones(4).unwrap(), 1);
     w.commit().unwrap();
-    assert_eq!(pool.read(|t| t.bucket("B")).unwrap().horizon, 4);
+    let info = pool.read(|t| t.bucket("B")).unwrap();
+    assert_eq!(
+        (info.horizon, info.count, info.checksum, info.last_op_id),
+        (4, 1, ha2, 4)
+    );
 
-    // State survives reopening.
+    // State survives reopening, and so do the summaries the next ops
+    // build on.
     drop(w);
-    let w = StoreWriter::open(&path).unwrap();
+    let mut w = StoreWriter::open(&path).unwrap();
     assert_eq!(w.state().last_commit_lsn, Lsn(20));
     assert_eq!(w.state().last_op_id, 4);
+    w.begin().unwrap();
+    let (c, hc) = op(3, "c");
+    let c_id = w
+        .bucket_put("B", "todos", "[3]", &c.encode_to_vec(), hc, None)
+        .unwrap();
+    w.mark_commit(Lsn(30), Lsn(31));
+    w.commit().unwrap();
+    let info = pool.read(|t| t.bucket("B")).unwrap();
+    assert_eq!(
+        (info.count, info.checksum, info.last_op_id),
+        (2, bucket_checksum_add(ha2, hc), c_id)
+    );
 }
 
 #[test]
@@ -382,4 +400,48 @@ fn the_log_is_copied_into_the_file_beside_the_commits_and_removed_on_close() {
     assert!(!wal.exists(), "the log outlived the writer");
     let w = StoreWriter::open(&path).unwrap();
     assert_eq!(w.state().last_op_id, 10_000);
+}
+
+/// What a store commit costs per op when its ops spread over many buckets:
+/// 60,000 puts of new rows, in commits of 3,500 (as a backlog drains),
+/// over `BUCKETS` buckets (default 10,000), after as many to fill them.
+/// `BUCKETS=10 cargo test --release -p outpost --lib
+/// store::tests::ops_spread_over_buckets -- --ignored --nocapture`, and
+/// under `valgrind --tool=callgrind` for instruction counts.
+#[test]
+#[ignore = "a measurement; run it by hand"]
+fn ops_spread_over_buckets() {
+    let buckets: i64 = std::env::var("BUCKETS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = StoreWriter::open(&database_path(dir.path())).unwrap();
+    w.reinitialise("v1", "slot", "epoch1").unwrap();
+    w.commit().unwrap();
+    let names: Vec<String> = (0..buckets).map(|b| format!("items#0[u{b}]")).collect();
+    let mut lsn = 10;
+    let mut run = |w: &mut StoreWriter, from: i64| {
+        for chunk in (from..from + 60_000).collect::<Vec<_>>().chunks(3_500) {
+            w.begin().unwrap();
+            for &id in chunk {
+                let (row, hash) = op(id, "item");
+                let key = format!("[{id}]");
+                let bucket = &names[(id % buckets) as usize];
+                w.bucket_put(bucket, "items", &key, &row.encode_to_vec(), hash, None)
+                    .unwrap();
+            }
+            w.mark_commit(Lsn(lsn), Lsn(lsn + 1));
+            lsn += 2;
+            w.commit().unwrap();
+            w.take_touched();
+        }
+    };
+    run(&mut w, 0);
+    let started = std::time::Instant::now();
+    run(&mut w, 60_000);
+    println!(
+        "{buckets} buckets: {:.2} µs per op",
+        started.elapsed().as_secs_f64() * 1e6 / 60_000.0
+    );
 }
