@@ -4,11 +4,11 @@
 //! the store, live, then three more as backlogs (written while the
 //! service process is stopped, so that both runs store them in commits of
 //! the same sizes). The routing cost per change — CPU time of the service's
-//! store threads on a backlog, the median of the three (the writer, which decodes nothing but
-//! routes and stores every change, and the copy of its log into the
-//! database file) — must not grow with the number of streams (ratio ≤ 1.2),
-//! and each idle stream
-//! should cost the service little memory (≤ 20 KB). The wall time per change
+//! store threads on a backlog, the median of the three (the writer, which
+//! decodes nothing but routes and stores every change, and the copy of its
+//! log into the database file) — must not grow with the number of streams
+//! (ratio ≤ 1.2), and each idle stream should cost the service little
+//! memory (≤ 20 KB). The wall time per change
 //! to the store and until every stream has received its rows are reported
 //! too: with many users each change goes to a stream of its own, so the
 //! delivery work (one read and one message per change instead of one per
