@@ -1,7 +1,9 @@
 //! A batch: op groups — consecutive ones of a request, and those of
 //! requests waiting together — applied in one Postgres transaction, with a
 //! few statements for all their ops (`batch_sql`) in three round trips,
-//! however many groups it holds.
+//! however many groups it holds. The transaction runs them with generic
+//! plans ([`Conn::begin_generic`]): their plans do not depend on what the
+//! arrays hold, and Postgres would otherwise plan them again at every run.
 //!
 //! ```text
 //! BEGIN, claim every group; per table (by name): lock the rows; the
@@ -380,7 +382,7 @@ impl Applier {
         let lock_params: Vec<Vec<&(dyn ToSql + Sync)>> =
             locks.iter().map(|(_, keys)| refs(keys)).collect();
         let (begun, claimed, read, recorded) = join4(
-            conn.begin(),
+            conn.begin_generic(),
             client.query(&claim, &[&client_ids, &seqs]),
             join_all(
                 lock_order

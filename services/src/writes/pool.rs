@@ -103,6 +103,19 @@ impl Conn {
         self.client.batch_execute("BEGIN").await
     }
 
+    /// Opens a transaction whose prepared statements run with generic
+    /// plans (`plan_cache_mode`, for this transaction only): for statements
+    /// whose plan does not depend on their parameters' values, such as a
+    /// batch's, which look every row up by its key or row id whatever the
+    /// arrays hold, it spares planning them at every run, which Postgres
+    /// otherwise keeps doing for array parameters.
+    pub(crate) async fn begin_generic(&self) -> Result<(), tokio_postgres::Error> {
+        self.in_transaction.store(true, Ordering::Relaxed);
+        self.client
+            .batch_execute("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+            .await
+    }
+
     /// Ends the transaction. An answer without error does not mean the
     /// changes committed: after a failed statement, Postgres answers COMMIT
     /// with a rollback, so the answers of every statement of the
