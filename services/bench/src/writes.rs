@@ -74,6 +74,7 @@ pub async fn run(ops: u64) -> anyhow::Result<Vec<Figure>> {
     let keys = (ops as i64).max(1000);
 
     eprintln!("B6: {CLIENTS} clients writing {per_client} groups each through Write…");
+    let wal_before = bench.current_lsn()?;
     let cpu = CpuReading::now();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -109,6 +110,7 @@ pub async fn run(ops: u64) -> anyhow::Result<Vec<Figure>> {
     }
     let outpost_secs = started.elapsed().as_secs_f64();
     eprintln!("{}", cpu.report_since("B6 writes"));
+    let outpost_wal = bench.current_lsn()?.0.saturating_sub(wal_before.0);
 
     // One client back online with a queue of single-op groups, sent
     // QUEUE_REQUEST groups per request.
@@ -167,7 +169,17 @@ pub async fn run(ops: u64) -> anyhow::Result<Vec<Figure>> {
         )?;
         Ok(started.elapsed().as_secs_f64())
     };
+    let wal_before = bench.current_lsn()?;
     let baseline_secs = pgbench("simple", &script)?;
+    let baseline_wal = bench.current_lsn()?.0.saturating_sub(wal_before.0);
+    // What Postgres writes, and its walsender decodes record by record, per
+    // op: the ledger and the column versions besides the row.
+    let total = (per_client * CLIENTS as u64) as f64;
+    eprintln!(
+        "B6: WAL per op: {:.0} bytes through Write, {:.0} bytes by pgbench's upsert",
+        outpost_wal as f64 / total,
+        baseline_wal as f64 / total
+    );
 
     // The least Postgres work an idempotent merged write needs, with no
     // service in between: the ledger claim, the row write and its column
@@ -207,7 +219,6 @@ pub async fn run(ops: u64) -> anyhow::Result<Vec<Figure>> {
         started.elapsed().as_secs_f64()
     };
     let prepared_secs = pgbench("prepared", &script)?;
-    let total = (per_client * CLIENTS as u64) as f64;
     Ok(vec![
         Figure::higher_is_better(
             "B6",
