@@ -9,7 +9,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO outpost;
 -- Writes from clients (only for tables with write rules):
 GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO outpost;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO outpost;
--- The `outpost` schema holds the applied-groups ledger and column versions:
+-- The `outpost` schema holds the applied-groups ledger and row versions:
 GRANT CREATE ON DATABASE app TO outpost;
 -- Optional, for last-writer-wins against changes made by other programs:
 -- ALTER SYSTEM SET track_commit_timestamp = on;   (restart required)

@@ -195,11 +195,12 @@ pub async fn run(ops: u64) -> anyhow::Result<Vec<Figure>> {
                  VALUES ('floor-' || :client_id, :seq, 'applied') ON CONFLICT DO NOTHING), \
              w AS (INSERT INTO items (id, owner, title, n) VALUES (:id, 'alice', 'written', 0) \
                  ON CONFLICT (id) DO UPDATE SET title = excluded.title, n = excluded.n RETURNING id), \
-             v AS (INSERT INTO outpost.column_versions (tbl, key, col, hlc, client_id, value_hash) \
-                 SELECT 'public.items', '[' || :id || ']', c, :seq, 'floor', 0 \
-                 FROM unnest('{{owner,title,n}}'::text[]) c \
-                 ON CONFLICT (tbl, key, col) DO UPDATE SET hlc = excluded.hlc, \
-                 client_id = excluded.client_id, value_hash = excluded.value_hash) \
+             v AS (INSERT INTO outpost.row_versions (tbl, key, versions) \
+                 VALUES ('public.items', '[\"' || :id || '\"]', jsonb_build_object(\
+                 'n', jsonb_build_array(:seq::bigint, 'floor', 0), \
+                 'owner', jsonb_build_array(:seq::bigint, 'floor', 0), \
+                 'title', jsonb_build_array(:seq::bigint, 'floor', 0))) \
+                 ON CONFLICT (tbl, key) DO UPDATE SET versions = excluded.versions) \
              SELECT id FROM w;\nSELECT pg_current_wal_lsn();\n\\endpipeline\n"
         ),
     )?;

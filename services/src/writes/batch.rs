@@ -41,8 +41,7 @@ use tokio_postgres::types::ToSql;
 use super::Applier;
 use super::apply::RequestCx;
 use super::batch_sql;
-use super::hlc::Version;
-use super::ledger::{self, ColumnVersion, VersionWrite};
+use super::ledger::{self, RowVersions, VersionWrite};
 use super::merge::{self, Written};
 use super::op::{Op, Row, check_stale, read_row, version_key, versions_written};
 use super::plan::TablePlan;
@@ -250,9 +249,9 @@ fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
 /// A locked row: its columns, the commit time of its last change, its id.
 type Locked = (Row, i64, String);
 
-/// The recorded versions of a row's columns, with the row ids of the
-/// versions.
-type Recorded = HashMap<String, (ColumnVersion, String)>;
+/// The recorded versions of a row's columns, and the row id of the
+/// `row_versions` row that holds them.
+type Recorded = (RowVersions, String);
 
 /// An op of the batch: (member, op) indexes.
 type At = (usize, usize);
@@ -429,18 +428,8 @@ impl Applier {
         }
         let mut recorded_versions: HashMap<(String, String), Recorded> = HashMap::new();
         for r in recorded.map_err(stop)? {
-            let (label, key, col, hlc, client_id, value_hash, ctid) =
-                version_row(&r).map_err(stop)?;
-            recorded_versions.entry((label, key)).or_default().insert(
-                col,
-                (
-                    ColumnVersion {
-                        version: Version { hlc, client_id },
-                        value_hash,
-                    },
-                    ctid,
-                ),
-            );
+            let (label, key, versions, ctid) = version_row(&r).map_err(stop)?;
+            recorded_versions.insert((label, key), (ledger::readable(&versions), ctid));
         }
         // Each op, decided on its locked row.
         let applies: Vec<bool> = members
@@ -465,7 +454,7 @@ impl Applier {
                             column.merge != MergeKind::Lww
                                 || merge::lww_wins(
                                     old[w.column].as_deref(),
-                                    recorded.and_then(|r| r.get(&column.name)).map(|(v, _)| v),
+                                    recorded.and_then(|(r, _)| r.get(&column.name)),
                                     commit_ms,
                                     &op.version,
                                 )
@@ -741,23 +730,15 @@ fn decide(
     ))
 }
 
-type VersionRow = (String, String, String, i64, String, i64, String);
+type VersionRow = (String, String, String, String);
 
 fn version_row(r: &PgRow) -> Result<VersionRow, tokio_postgres::Error> {
-    Ok((
-        r.try_get(0)?,
-        r.try_get(1)?,
-        r.try_get(2)?,
-        r.try_get(3)?,
-        r.try_get(4)?,
-        r.try_get(5)?,
-        r.try_get(6)?,
-    ))
+    Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
 }
 
-/// The parameters of [`batch_sql::WRITE_VERSIONS`] for `records`: of a
-/// row whose other versions are forgotten, the versions `recorded` of the
-/// columns not written go.
+/// The parameters of [`batch_sql::WRITE_VERSIONS`] for `records`: each
+/// row's versions once written, over those `recorded` before; a row with
+/// none left forgets its recorded ones.
 fn version_params(
     records: &[VersionWrite],
     recorded: &HashMap<(String, String), Recorded>,
@@ -765,37 +746,22 @@ fn version_params(
     let mut forgotten = Vec::new();
     let mut tbl = Vec::new();
     let mut key = Vec::new();
-    let mut col = Vec::new();
-    let mut hlc = Vec::new();
-    let mut client_id = Vec::new();
-    let mut hash = Vec::new();
+    let mut versions = Vec::new();
     for r in records {
-        if r.replace
-            && let Some(versions) = recorded.get(&(r.table.clone(), r.key.clone()))
-        {
-            forgotten.extend(
-                versions
-                    .iter()
-                    .filter(|(c, _)| !r.columns.contains(c))
-                    .map(|(_, (_, ctid))| ctid.clone()),
-            );
-        }
-        for (c, h) in r.columns.iter().zip(&r.hashes) {
-            tbl.push(r.table.clone());
-            key.push(r.key.clone());
-            col.push(c.clone());
-            hlc.push(r.version.hlc);
-            client_id.push(r.version.client_id.clone());
-            hash.push(*h);
+        let before = recorded.get(&(r.table.clone(), r.key.clone()));
+        match r.merged(before.map(|(v, _)| v)) {
+            Some(merged) => {
+                tbl.push(r.table.clone());
+                key.push(r.key.clone());
+                versions.push(merged);
+            }
+            None => forgotten.extend(before.map(|(_, ctid)| ctid.clone())),
         }
     }
     vec![
         Box::new(forgotten),
         Box::new(tbl),
         Box::new(key),
-        Box::new(col),
-        Box::new(hlc),
-        Box::new(client_id),
-        Box::new(hash),
+        Box::new(versions),
     ]
 }

@@ -28,24 +28,23 @@ pub(super) const CLAIM: &str = "INSERT INTO outpost.applied_groups (client_id, s
      ON CONFLICT DO NOTHING RETURNING client_id, seq";
 
 /// The recorded versions of rows (`$1` table labels, `$2` version keys):
-/// table label, version key, column, hlc, client id, value hash, and the
-/// version's row id (`ctid`) to forget it by.
-pub(super) const VERSIONS: &str = "SELECT r.tbl, r.key, v.col, v.hlc, v.client_id, v.value_hash, \
-            v.ctid::text \
+/// table label, version key, the versions in their JSON form, and the
+/// versions' row id (`ctid`) to forget them by.
+pub(super) const VERSIONS: &str = "SELECT r.tbl, r.key, v.versions::text, v.ctid::text \
      FROM unnest($1::text[], $2::text[]) AS r(tbl, key) \
-     CROSS JOIN LATERAL (SELECT c.col, c.hlc, c.client_id, c.value_hash, c.ctid \
-         FROM outpost.column_versions c WHERE c.tbl = r.tbl AND c.key = r.key OFFSET 0) AS v";
+     CROSS JOIN LATERAL (SELECT c.versions, c.ctid \
+         FROM outpost.row_versions c WHERE c.tbl = r.tbl AND c.key = r.key OFFSET 0) AS v";
 
 /// Forgets the versions with the row ids `$1` (read by [`VERSIONS`] after
-/// their rows were locked) and records those of the columns written
-/// (`$2…$7`: table label, version key, column, hlc, client id, value
-/// hash, one element per column).
+/// their rows were locked: rows with no version left) and records those of
+/// the other rows written (`$2…$4`: table label, version key, versions in
+/// their JSON form, one element per row; no row in both).
 pub(super) const WRITE_VERSIONS: &str = "WITH forgotten AS (\
-         DELETE FROM outpost.column_versions WHERE ctid = ANY ($1::text[]::tid[])) \
-     INSERT INTO outpost.column_versions AS v (tbl, key, col, hlc, client_id, value_hash) \
-     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::int8[]) \
-     ON CONFLICT (tbl, key, col) DO UPDATE \
-     SET hlc = excluded.hlc, client_id = excluded.client_id, value_hash = excluded.value_hash";
+         DELETE FROM outpost.row_versions WHERE ctid = ANY ($1::text[]::tid[])) \
+     INSERT INTO outpost.row_versions AS v (tbl, key, versions) \
+     SELECT u.tbl, u.key, u.versions::jsonb \
+     FROM unnest($2::text[], $3::text[], $4::text[]) AS u(tbl, key, versions) \
+     ON CONFLICT (tbl, key) DO UPDATE SET versions = excluded.versions";
 
 /// `unnest($first::T[], …) AS u("o#k0", …)` over `names` (with their
 /// array types), and the ordinality as `"o#i"` when asked.

@@ -1,6 +1,7 @@
 //! The service's own tables in Postgres, schema `outpost`: the ledger of
 //! op groups (what made writes idempotent) and the versions of the column
-//! values Outpost wrote (what last-writer-wins compares with).
+//! values Outpost wrote (what last-writer-wins compares with), one row per
+//! written row.
 //!
 //! Invariants:
 //! - `applied_groups` gets the `(client_id, seq)` row of an applied group in
@@ -8,10 +9,17 @@
 //!   changes do; a rejected group's row is written after its rollback. Its
 //!   `commit_lsn` is no longer written (rows from earlier versions may hold
 //!   one, and a duplicate of such a group is answered with it).
-//! - `column_versions` is written in the same transaction as the values it
-//!   describes, under the row's lock; `value_hash` is the hash of the text
-//!   Postgres returned for the written value.
+//! - `row_versions` is written in the same transaction as the values it
+//!   describes, under the row's lock, whole: a write reads the row's
+//!   versions and writes back every column's (`versions`, a JSON object of
+//!   `column: [hlc, client id, value hash]`), where the value hash is the
+//!   hash of the text Postgres returned for the written value. A row with no
+//!   version left has no `row_versions` row.
+//! - The per-column layout of earlier versions (`column_versions`, one row
+//!   per column) is folded into `row_versions` and dropped by [`setup`].
 //! - Neither table is published for replication: clients never see them.
+
+use std::collections::{BTreeMap, HashMap};
 
 use tokio_postgres::types::ToSql;
 
@@ -36,15 +44,22 @@ CREATE TABLE IF NOT EXISTS outpost.applied_groups (
     applied_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (client_id, seq)
 );
-CREATE TABLE IF NOT EXISTS outpost.column_versions (
-    tbl        text NOT NULL,
-    key        text NOT NULL,
-    col        text NOT NULL,
-    hlc        bigint NOT NULL,
-    client_id  text NOT NULL,
-    value_hash bigint NOT NULL,
-    PRIMARY KEY (tbl, key, col)
+CREATE TABLE IF NOT EXISTS outpost.row_versions (
+    tbl      text NOT NULL,
+    key      text NOT NULL,
+    versions jsonb NOT NULL,
+    PRIMARY KEY (tbl, key)
 );
+DO $$
+BEGIN
+    IF to_regclass('outpost.column_versions') IS NOT NULL THEN
+        INSERT INTO outpost.row_versions (tbl, key, versions)
+        SELECT tbl, key, jsonb_object_agg(col, jsonb_build_array(hlc, client_id, value_hash))
+        FROM outpost.column_versions GROUP BY tbl, key
+        ON CONFLICT DO NOTHING;
+        DROP TABLE outpost.column_versions;
+    END IF;
+END $$;
 COMMIT;
 ";
 
@@ -57,7 +72,8 @@ pub(crate) async fn setup(
     let present = conn
         .query_opt(
             "SELECT to_regclass('outpost.applied_groups') IS NOT NULL \
-                AND to_regclass('outpost.column_versions') IS NOT NULL",
+                AND to_regclass('outpost.row_versions') IS NOT NULL \
+                AND to_regclass('outpost.column_versions') IS NULL",
             &[],
         )
         .await?
@@ -165,51 +181,86 @@ pub(crate) fn lsn(row: &tokio_postgres::Row) -> Result<Lsn, tokio_postgres::Erro
 }
 
 /// A column's recorded version and the hash of the value it was written with.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ColumnVersion {
     pub version: Version,
     pub value_hash: i64,
 }
 
-/// The recorded versions of a row's columns (`$1` table label, `$2` version
-/// key): read with [`versions`].
-pub(crate) const VERSIONS: &str = "SELECT col, hlc, client_id, value_hash \
-     FROM outpost.column_versions WHERE tbl = $1 AND key = $2";
+/// The recorded versions of a row's columns, by column name.
+pub(crate) type RowVersions = HashMap<String, ColumnVersion>;
 
-/// The versions [`VERSIONS`] read, by column name.
-pub(crate) fn versions(
-    rows: &[tokio_postgres::Row],
-) -> Result<Vec<(String, ColumnVersion)>, tokio_postgres::Error> {
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get(0)?,
-                ColumnVersion {
-                    version: Version {
-                        hlc: r.try_get(1)?,
-                        client_id: r.try_get(2)?,
-                    },
-                    value_hash: r.try_get(3)?,
-                },
-            ))
-        })
-        .collect()
+/// The recorded versions of a row (`$1` table label, `$2` version key):
+/// read with [`versions`].
+pub(crate) const VERSIONS: &str =
+    "SELECT versions::text FROM outpost.row_versions WHERE tbl = $1 AND key = $2";
+
+/// The versions [`VERSIONS`] read (no row: none recorded). Versions in a
+/// form this service does not read (written by hand) count as none
+/// recorded: last-writer-wins then compares with the row's commit time.
+pub(crate) fn versions(rows: &[tokio_postgres::Row]) -> Result<RowVersions, tokio_postgres::Error> {
+    match rows.first() {
+        None => Ok(RowVersions::new()),
+        Some(row) => Ok(readable(&row.try_get::<_, String>(0)?)),
+    }
 }
 
-/// Records the versions of a row's columns just written, in one statement:
-/// `$1` table label, `$2` version key, `$3` columns, `$4` hlc, `$5` client
-/// id, `$6` value hashes, `$7` whether the versions of the row's other
-/// columns are forgotten (the row was deleted, or inserted anew). Built by
-/// [`VersionWrite::params`].
-pub(crate) const WRITE_VERSIONS: &str = "WITH forgotten AS (\
-         DELETE FROM outpost.column_versions \
-         WHERE $7 AND tbl = $1 AND key = $2 AND col <> ALL ($3::text[])) \
-     INSERT INTO outpost.column_versions AS v (tbl, key, col, hlc, client_id, value_hash) \
-     SELECT $1, $2, c.col, $4, $5, c.hash \
-     FROM unnest($3::text[], $6::int8[]) AS c(col, hash) \
-     ON CONFLICT (tbl, key, col) DO UPDATE \
-     SET hlc = excluded.hlc, client_id = excluded.client_id, value_hash = excluded.value_hash";
+/// [`decode`], or none recorded (with a warning) when `text` is not in
+/// the form this service writes.
+pub(crate) fn readable(text: &str) -> RowVersions {
+    decode(text).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, versions = text, "unreadable row versions in outpost.row_versions are ignored");
+        RowVersions::new()
+    })
+}
 
-/// What [`WRITE_VERSIONS`] records for one row.
+/// A row's versions from their JSON form (`column: [hlc, client id, value
+/// hash]`).
+pub(crate) fn decode(text: &str) -> Result<RowVersions, serde_json::Error> {
+    let by_column: HashMap<String, (i64, String, i64)> = serde_json::from_str(text)?;
+    Ok(by_column
+        .into_iter()
+        .map(|(column, (hlc, client_id, value_hash))| {
+            (
+                column,
+                ColumnVersion {
+                    version: Version { hlc, client_id },
+                    value_hash,
+                },
+            )
+        })
+        .collect())
+}
+
+/// A row's versions in their JSON form, columns in name order; `None` when
+/// there are none.
+fn encode(versions: &BTreeMap<&str, &ColumnVersion>) -> Option<String> {
+    if versions.is_empty() {
+        return None;
+    }
+    let by_column: BTreeMap<&str, (i64, &str, i64)> = versions
+        .iter()
+        .map(|(c, v)| {
+            (
+                *c,
+                (v.version.hlc, v.version.client_id.as_str(), v.value_hash),
+            )
+        })
+        .collect();
+    serde_json::to_string(&by_column).ok()
+}
+
+/// Records the versions of a row (`$1` table label, `$2` version key, `$3`
+/// its versions in their JSON form, or NULL when none are left), in one
+/// statement. Built by [`VersionWrite::params`].
+pub(crate) const WRITE_VERSIONS: &str = "WITH gone AS (\
+         DELETE FROM outpost.row_versions \
+         WHERE $3::text IS NULL AND tbl = $1::text AND key = $2::text) \
+     INSERT INTO outpost.row_versions AS v (tbl, key, versions) \
+     SELECT $1::text, $2::text, $3::text::jsonb WHERE $3::text IS NOT NULL \
+     ON CONFLICT (tbl, key) DO UPDATE SET versions = excluded.versions";
+
+/// What a write records of one row's versions.
 pub(crate) struct VersionWrite {
     pub table: String,
     pub key: String,
@@ -217,7 +268,8 @@ pub(crate) struct VersionWrite {
     pub columns: Vec<String>,
     pub hashes: Vec<i64>,
     pub version: Version,
-    /// Forget the versions of the row's other columns.
+    /// Forget the versions of the row's other columns (the row was deleted,
+    /// or inserted anew).
     pub replace: bool,
 }
 
@@ -227,16 +279,97 @@ impl VersionWrite {
         self.columns.is_empty() && !self.replace
     }
 
-    /// The parameters of [`WRITE_VERSIONS`].
-    pub(crate) fn params(self) -> Vec<Box<dyn ToSql + Send + Sync>> {
-        vec![
-            Box::new(self.table),
-            Box::new(self.key),
-            Box::new(self.columns),
-            Box::new(self.version.hlc),
-            Box::new(self.version.client_id),
-            Box::new(self.hashes),
-            Box::new(self.replace),
+    /// The row's versions once written, in their JSON form: of those
+    /// `recorded`, the columns not written (none when the row's versions
+    /// are replaced), then the columns written, with this write's version.
+    /// `None`: no version is left.
+    pub(crate) fn merged(&self, recorded: Option<&RowVersions>) -> Option<String> {
+        let written: Vec<ColumnVersion> = self
+            .hashes
+            .iter()
+            .map(|&value_hash| ColumnVersion {
+                version: self.version.clone(),
+                value_hash,
+            })
+            .collect();
+        let mut versions: BTreeMap<&str, &ColumnVersion> = BTreeMap::new();
+        if !self.replace
+            && let Some(recorded) = recorded
+        {
+            versions.extend(recorded.iter().map(|(c, v)| (c.as_str(), v)));
+        }
+        versions.extend(self.columns.iter().map(String::as_str).zip(&written));
+        encode(&versions)
+    }
+
+    /// The parameters of [`WRITE_VERSIONS`], over the row's versions
+    /// `recorded` before the write.
+    pub(crate) fn params(
+        self,
+        recorded: Option<&RowVersions>,
+    ) -> Vec<Box<dyn ToSql + Send + Sync>> {
+        let versions = self.merged(recorded);
+        vec![Box::new(self.table), Box::new(self.key), Box::new(versions)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(hlc: i64, client: &str, hash: i64) -> ColumnVersion {
+        ColumnVersion {
+            version: Version {
+                hlc,
+                client_id: client.into(),
+            },
+            value_hash: hash,
+        }
+    }
+
+    fn write(columns: &[&str], replace: bool) -> VersionWrite {
+        VersionWrite {
+            table: "public.t".into(),
+            key: "[\"1\"]".into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            hashes: (0..columns.len() as i64).map(|i| 100 + i).collect(),
+            version: Version {
+                hlc: 9,
+                client_id: "b".into(),
+            },
+            replace,
+        }
+    }
+
+    #[test]
+    fn a_write_keeps_the_versions_of_the_columns_it_does_not_write() {
+        let recorded: RowVersions = [
+            ("x".to_string(), v(1, "a", -5)),
+            ("y".to_string(), v(2, "a", 7)),
         ]
+        .into_iter()
+        .collect();
+        let merged = write(&["y", "z"], false)
+            .merged(Some(&recorded))
+            .expect("versions");
+        assert_eq!(
+            merged,
+            r#"{"x":[1,"a",-5],"y":[9,"b",100],"z":[9,"b",101]}"#
+        );
+        let back = decode(&merged).expect("decode");
+        assert_eq!(back["x"], v(1, "a", -5));
+        assert_eq!(back["z"], v(9, "b", 101));
+        assert_eq!(back.len(), 3);
+    }
+
+    #[test]
+    fn a_replacing_write_forgets_the_others_and_a_delete_leaves_none() {
+        let recorded: RowVersions = [("x".to_string(), v(1, "a", 3))].into_iter().collect();
+        assert_eq!(
+            write(&["y"], true).merged(Some(&recorded)).as_deref(),
+            Some(r#"{"y":[9,"b",100]}"#)
+        );
+        assert_eq!(write(&[], true).merged(Some(&recorded)), None);
+        assert!(decode("[1, 2]").is_err());
     }
 }

@@ -45,7 +45,7 @@ fn text_params(params: &[Option<String>]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
-/// The key of a row as `column_versions` records it: a JSON array of the
+/// The key of a row as `row_versions` records it: a JSON array of the
 /// key columns' text, as Postgres prints them.
 pub(super) fn version_key(plan: &TablePlan, row: &Row) -> String {
     let key: Vec<Option<&str>> = plan
@@ -262,7 +262,9 @@ impl Applier {
             }
             check_counters(plan, &written).map_err(|m| refuse(reason::REJECTED_BY_FUNCTION, m))?;
         }
-        let record = match (effective, current) {
+        // What is recorded of the row's versions, and, for an update, those
+        // recorded before (kept for the columns it does not write).
+        let (record, recorded) = match (effective, current) {
             (WriteKind::Delete, Some((old, _))) => {
                 let delete = conn.prepare(&plan.delete_sql).await.map_err(pg)?;
                 let params: Vec<Box<dyn ToSql + Send + Sync>> = key_params
@@ -270,14 +272,15 @@ impl Applier {
                     .map(|k| Box::new(k) as Box<dyn ToSql + Send + Sync>)
                     .collect();
                 pipeline.defer(delete, params, index);
-                VersionWrite {
+                let record = VersionWrite {
                     table: plan.label.clone(),
                     key: version_key(plan, &old),
                     columns: Vec::new(),
                     hashes: Vec::new(),
                     version: op.version.clone(),
                     replace: true,
-                }
+                };
+                (record, None)
             }
             (WriteKind::Insert, _) => {
                 let sql = merge::insert(plan, &op.key, &written);
@@ -292,11 +295,12 @@ impl Applier {
                 plan.rules
                     .check_permission(WriteKind::Insert, None, Some(&new), cx.claims)
                     .map_err(|d| refuse(reason::PERMISSION_DENIED, d.0))?;
-                versions_written(plan, version_key(plan, &new), &written, &new, op, true)
+                let key = version_key(plan, &new);
+                (versions_written(plan, key, &written, &new, op, true), None)
             }
             (_, Some((old, commit_ms))) => {
                 let key = version_key(plan, &old);
-                let recorded: HashMap<String, ledger::ColumnVersion> = match read {
+                let recorded: ledger::RowVersions = match read {
                     Some(rows) if guessed_key.as_deref() == Some(key.as_str()) => {
                         ledger::versions(&rows).map_err(pg)?
                     }
@@ -310,10 +314,8 @@ impl Applier {
                             .map_err(pg)?;
                         ledger::versions(&rows).map_err(pg)?
                     }
-                    _ => Vec::new(),
-                }
-                .into_iter()
-                .collect();
+                    _ => ledger::RowVersions::new(),
+                };
                 let winners: Vec<Written> = written
                     .into_iter()
                     .filter(|w| {
@@ -343,13 +345,14 @@ impl Applier {
                 plan.rules
                     .check_permission(WriteKind::Update, Some(&old), Some(&new), cx.claims)
                     .map_err(|d| refuse(reason::PERMISSION_DENIED, d.0))?;
-                versions_written(plan, key, &winners, &new, op, false)
+                let record = versions_written(plan, key, &winners, &new, op, false);
+                (record, Some(recorded))
             }
             (_, None) => return Ok(OpEnd::Done),
         };
         if !record.is_empty() {
             let statement = conn.prepare(ledger::WRITE_VERSIONS).await.map_err(pg)?;
-            pipeline.defer(statement, record.params(), index);
+            pipeline.defer(statement, record.params(recorded.as_ref()), index);
         }
         Ok(OpEnd::Done)
     }

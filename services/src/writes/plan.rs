@@ -69,7 +69,7 @@ pub(crate) struct ColumnPlan {
 pub(crate) struct TablePlan {
     /// The table as clients name it.
     pub client_name: String,
-    /// `schema.table`, as `outpost.column_versions` names it.
+    /// `schema.table`, as `outpost.row_versions` names it.
     pub label: String,
     /// `"schema"."table"`.
     pub qualified: String,

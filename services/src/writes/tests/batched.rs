@@ -202,7 +202,9 @@ fn versions(pg: &PgCluster, table: &str) -> String {
     query(
         pg,
         &format!(
-            "SELECT key, col, hlc, value_hash FROM outpost.column_versions \
+            "SELECT key, col, hlc, value_hash FROM (SELECT v.tbl, v.key, e.key AS col, (e.value->>0)::bigint AS hlc, \
+             (e.value->>2)::bigint AS value_hash \
+             FROM outpost.row_versions v, jsonb_each(v.versions) e) AS cv \
              WHERE tbl = 'public.{table}' ORDER BY key, col"
         ),
     )
@@ -491,7 +493,9 @@ fn rows_with_keys_of_several_columns_and_keys_postgres_prints_otherwise() {
         assert_eq!(
             query(
                 &pg,
-                "SELECT key, hlc >> 16 FROM outpost.column_versions WHERE tbl = 'public.cells' \
+                "SELECT key, hlc >> 16 FROM (SELECT v.tbl, v.key, e.key AS col, (e.value->>0)::bigint AS hlc, \
+             (e.value->>2)::bigint AS value_hash \
+             FROM outpost.row_versions v, jsonb_each(v.versions) e) AS cv WHERE tbl = 'public.cells' \
                  AND col = 'value' ORDER BY key"
             ),
             format!(

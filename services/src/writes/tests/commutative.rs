@@ -195,7 +195,7 @@ fn commutative_merges_converge_in_any_order() {
     let result = runner.run(&case, |(ops, seed, duplicate)| {
         pg.psql(
             DB,
-            "TRUNCATE stats, outpost.applied_groups, outpost.column_versions",
+            "TRUNCATE stats, outpost.applied_groups, outpost.row_versions",
         )
         .expect("truncate");
         // Each client's ops, two per group, numbered in order.

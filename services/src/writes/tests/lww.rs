@@ -152,3 +152,58 @@ fn without_commit_timestamps_direct_changes_are_oldest() {
         assert_eq!(query(&pg, "SELECT title FROM notes WHERE id = 1"), "client");
     });
 }
+
+/// Versions kept in the per-column layout of earlier versions
+/// (`outpost.column_versions`) are folded into `outpost.row_versions` when
+/// the service starts, and still decide last-writer-wins.
+#[test]
+fn versions_of_the_per_column_layout_are_carried_over() {
+    let kept = crate::writes::hlc::value_hash(Some("kept"));
+    let body = crate::writes::hlc::value_hash(Some("body"));
+    let pg = cluster(
+        &format!(
+            "{SQL}
+            INSERT INTO notes VALUES (1, 'kept', 'body');
+            CREATE SCHEMA outpost;
+            CREATE TABLE outpost.applied_groups (
+                client_id text NOT NULL, seq bigint NOT NULL, status text NOT NULL,
+                reason_code text, message text, op_index int, commit_lsn pg_lsn,
+                applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (client_id, seq));
+            CREATE TABLE outpost.column_versions (
+                tbl text NOT NULL, key text NOT NULL, col text NOT NULL, hlc bigint NOT NULL,
+                client_id text NOT NULL, value_hash bigint NOT NULL, PRIMARY KEY (tbl, key, col));
+            INSERT INTO outpost.column_versions VALUES
+                ('public.notes', '[\"1\"]', 'title', {}, 'old', {kept}),
+                ('public.notes', '[\"1\"]', 'body', {}, 'old', {body});",
+            hlc(5_000),
+            hlc(1_000)
+        ),
+        false,
+    );
+    runtime().block_on(async {
+        let applier = applier(&pg, RULES).await;
+        assert_eq!(
+            query(
+                &pg,
+                "SELECT to_regclass('outpost.column_versions') IS NULL, \
+                 count(*) FROM outpost.row_versions"
+            ),
+            "t|1"
+        );
+        // The recorded title (5 s) beats a write at 4 s; without it, the
+        // value would count as a direct change, older than any write.
+        write(&applier, "a", 1, set(1, "title", "older", hlc(4_000))).await;
+        write(&applier, "a", 2, set(1, "body", "newer", hlc(4_000))).await;
+        assert_eq!(query(&pg, "SELECT title, body FROM notes"), "kept|newer");
+        write(&applier, "a", 3, set(1, "title", "newest", hlc(6_000))).await;
+        assert_eq!(query(&pg, "SELECT title, body FROM notes"), "newest|newer");
+        assert_eq!(
+            query(
+                &pg,
+                "SELECT r.key, e.key, (e.value->>0)::bigint >> 16, e.value->>1 \
+                 FROM outpost.row_versions r, jsonb_each(r.versions) e ORDER BY 2"
+            ),
+            "[\"1\"]|body|4000|a\n[\"1\"]|title|6000|a"
+        );
+    });
+}
