@@ -38,14 +38,18 @@ pub(super) struct Sum {
     dirty: bool,
 }
 
-/// The summaries of the buckets the writer has touched.
+/// The summaries of the buckets the writer has touched: each in a slot,
+/// found by the bucket's name (with foldhash, seeded per process: a
+/// fraction of SipHash's cost on every op, and names built from row
+/// values still cannot be chosen to collide).
 #[derive(Default)]
 pub(super) struct BucketSums {
-    entries: HashMap<String, Sum>,
-    /// The entries marked dirty, each once: a flush writes these without
+    slots: Vec<Sum>,
+    by_name: HashMap<String, usize, foldhash::fast::RandomState>,
+    /// The slots marked dirty, each once: a flush writes these without
     /// looking at the others (a commit costs what it changed, not how many
     /// buckets are loaded).
-    dirty: Vec<String>,
+    dirty: Vec<usize>,
 }
 
 impl BucketSums {
@@ -58,14 +62,22 @@ impl BucketSums {
         bucket: &str,
         f: impl FnOnce(&mut Sum),
     ) -> Result<i64, StoreError> {
-        if let Some(sum) = self.entries.get_mut(bucket) {
-            f(sum);
-            if !sum.dirty {
-                sum.dirty = true;
-                self.dirty.push(bucket.to_string());
-            }
-            return Ok(sum.id);
+        let slot = match self.by_name.get(bucket) {
+            Some(&slot) => slot,
+            None => self.load(conn, bucket)?,
+        };
+        let sum = &mut self.slots[slot];
+        f(sum);
+        if !sum.dirty {
+            sum.dirty = true;
+            self.dirty.push(slot);
         }
+        Ok(sum.id)
+    }
+
+    /// Loads the summary of `bucket` into a new slot (creating its row
+    /// when the store has none); returns the slot.
+    fn load(&mut self, conn: &rusqlite::Connection, bucket: &str) -> Result<usize, StoreError> {
         let stored: Option<(i64, i64, i64, i64)> = conn
             .prepare_cached(
                 "SELECT id, checksum, count, last_op_id FROM buckets WHERE bucket = ?1",
@@ -74,7 +86,7 @@ impl BucketSums {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()?;
-        let mut sum = match stored {
+        let sum = match stored {
             Some((id, c, n, op)) => Sum {
                 id,
                 checksum: c as u64,
@@ -92,17 +104,43 @@ impl BucketSums {
                 ..Sum::default()
             },
         };
-        f(&mut sum);
-        sum.dirty = true;
-        let id = sum.id;
-        self.entries.insert(bucket.to_string(), sum);
-        self.dirty.push(bucket.to_string());
-        Ok(id)
+        let slot = self.slots.len();
+        self.slots.push(sum);
+        self.by_name.insert(bucket.to_string(), slot);
+        Ok(slot)
+    }
+
+    /// Loads every bucket's summary when the store has at most
+    /// [`MAX_KEPT`] buckets (call it with no entry loaded, outside a
+    /// transaction): one scan instead of a lookup by name for each bucket
+    /// the first time it changes, which after a restart is every bucket a
+    /// backlog reaches. A larger store loads them one by one, as they
+    /// change.
+    pub fn preload(&mut self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
+        let buckets: i64 = conn.query_row("SELECT count(*) FROM buckets", [], |r| r.get(0))?;
+        if buckets as usize > MAX_KEPT {
+            return Ok(());
+        }
+        let mut stmt =
+            conn.prepare("SELECT id, bucket, checksum, count, last_op_id FROM buckets")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let sum = Sum {
+                id: r.get(0)?,
+                checksum: r.get::<_, i64>(2)? as u64,
+                count: r.get(3)?,
+                last_op_id: r.get::<_, i64>(4)? as u64,
+                dirty: false,
+            };
+            self.by_name.insert(r.get(1)?, self.slots.len());
+            self.slots.push(sum);
+        }
+        Ok(())
     }
 
     /// The summary of `bucket`, if it is loaded.
     pub fn get(&self, bucket: &str) -> Option<Sum> {
-        self.entries.get(bucket).copied()
+        self.by_name.get(bucket).map(|&slot| self.slots[slot])
     }
 
     /// Writes every changed summary to the `buckets` table.
@@ -111,10 +149,8 @@ impl BucketSums {
             "UPDATE buckets SET checksum = ?2, count = ?3, last_op_id = ?4 WHERE id = ?1",
         )?;
         let dirty = std::mem::take(&mut self.dirty);
-        for (i, bucket) in dirty.iter().enumerate() {
-            let Some(sum) = self.entries.get_mut(bucket) else {
-                continue;
-            };
+        for (i, &slot) in dirty.iter().enumerate() {
+            let sum = &mut self.slots[slot];
             let written = stmt.execute(params![
                 sum.id,
                 sum.checksum as i64,
@@ -134,14 +170,15 @@ impl BucketSums {
     /// Drops every entry once there are too many (call it after a flush at
     /// a commit: inside a transaction the entries describe what it wrote).
     pub fn trim(&mut self) {
-        if self.entries.len() > MAX_KEPT && self.dirty.is_empty() {
-            self.entries.clear();
+        if self.slots.len() > MAX_KEPT && self.dirty.is_empty() {
+            self.clear();
         }
     }
 
     /// Forgets every summary (after a rollback or a rebuild).
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.slots.clear();
+        self.by_name.clear();
         self.dirty.clear();
     }
 }
@@ -161,6 +198,40 @@ mod tests {
     }
 
     #[test]
+    fn preloaded_summaries_are_the_stored_ones() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(super::super::SCHEMA).unwrap();
+        let mut sums = BucketSums::default();
+        conn.execute_batch("BEGIN").unwrap();
+        for bucket in ["a", "b", "a"] {
+            sums.update(&conn, bucket, |s| {
+                s.count += 1;
+                s.checksum += 7;
+                s.last_op_id += 3;
+            })
+            .unwrap();
+        }
+        sums.flush(&conn).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        let mut again = BucketSums::default();
+        again.preload(&conn).unwrap();
+        for bucket in ["a", "b"] {
+            let (was, is) = (sums.get(bucket).unwrap(), again.get(bucket).unwrap());
+            assert_eq!(
+                (was.id, was.checksum, was.count, was.last_op_id),
+                (is.id, is.checksum, is.count, is.last_op_id)
+            );
+        }
+        assert!(again.dirty.is_empty());
+        // Changing a preloaded bucket builds on its stored summary.
+        let id = again.update(&conn, "a", |s| s.count += 1).unwrap();
+        assert_eq!(
+            (id, again.get("a").unwrap().count),
+            (sums.get("a").unwrap().id, 3)
+        );
+    }
+
+    #[test]
     fn a_flush_writes_each_changed_summary_once_and_nothing_else() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch(super::super::SCHEMA).unwrap();
@@ -168,7 +239,9 @@ mod tests {
         for bucket in ["a", "b", "a", "a"] {
             sums.update(&conn, bucket, |s| s.count += 1).unwrap();
         }
-        assert_eq!(sums.dirty, ["a", "b"], "each bucket is listed once");
+        let dirty: Vec<i64> = sums.dirty.iter().map(|&s| sums.slots[s].id).collect();
+        let ids = [sums.get("a").unwrap().id, sums.get("b").unwrap().id];
+        assert_eq!(dirty, ids, "each bucket is listed once");
         sums.flush(&conn).unwrap();
         assert_eq!(stored(&conn), [("a".into(), 3), ("b".into(), 1)]);
         assert!(sums.dirty.is_empty());

@@ -404,7 +404,8 @@ fn the_log_is_copied_into_the_file_beside_the_commits_and_removed_on_close() {
 
 /// What a store commit costs per op when its ops spread over many buckets:
 /// 60,000 puts of new rows, in commits of 3,500 (as a backlog drains),
-/// over `BUCKETS` buckets (default 10,000), after as many to fill them.
+/// over `BUCKETS` buckets (default 10,000), after as many to fill them
+/// and a restart of the writer.
 /// `BUCKETS=10 cargo test --release -p outpost --lib
 /// store::tests::ops_spread_over_buckets -- --ignored --nocapture`, and
 /// under `valgrind --tool=callgrind` for instruction counts.
@@ -438,6 +439,9 @@ fn ops_spread_over_buckets() {
         }
     };
     run(&mut w, 0);
+    // As after a restart, with a backlog waiting.
+    drop(w);
+    let mut w = StoreWriter::open(&database_path(dir.path())).unwrap();
     let started = std::time::Instant::now();
     run(&mut w, 60_000);
     println!(

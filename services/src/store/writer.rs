@@ -216,12 +216,14 @@ impl StoreWriter {
         };
         let state = committed_state(&conn, last_op_id)?;
         let tombstones_maybe = tombstones_exist(&conn)?;
+        let mut sums = BucketSums::default();
+        sums.preload(&conn)?;
         Ok(StoreWriter {
             conn,
             state,
             in_txn: false,
             touched: Touched::default(),
-            sums: BucketSums::default(),
+            sums,
             tombstones_maybe,
             _checkpointer: checkpointer,
         })
