@@ -80,7 +80,9 @@ const TOUCHED_OP_BYTES: usize = 8 << 20;
 /// keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Touched {
-    pub buckets: std::collections::HashMap<String, BucketChange>,
+    /// By bucket name (foldhash, seeded per process: it is looked up for
+    /// every op written and by every stream it reaches).
+    pub buckets: std::collections::HashMap<String, BucketChange, foldhash::fast::RandomState>,
     /// `(membership, user key)` pairs whose membership entries changed.
     pub members: std::collections::HashSet<(usize, String)>,
     /// The commit wrote more than [`TOUCHED_OP_BYTES`] of ops: every
