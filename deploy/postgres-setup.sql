@@ -9,7 +9,9 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO outpost;
 -- Writes from clients (only for tables with write rules):
 GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO outpost;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO outpost;
--- The `outpost` schema holds the applied-groups ledger and row versions:
+-- The `outpost` schema holds the applied-groups ledger and row versions; the
+-- service creates it (deploy/outpost-ledger.sql) with this right, or run that
+-- script once yourself:
 GRANT CREATE ON DATABASE app TO outpost;
 -- Optional, for last-writer-wins against changes made by other programs:
 -- ALTER SYSTEM SET track_commit_timestamp = on;   (restart required)

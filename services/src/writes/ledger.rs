@@ -27,41 +27,11 @@ use super::hlc::Version;
 use super::pool::Conn;
 use crate::lsn::Lsn;
 
-/// Creates the schema and tables when missing. Serialised by an advisory
-/// lock, so services starting together do not race.
-const SETUP: &str = "
-BEGIN;
-SELECT pg_advisory_xact_lock(7418110557345);
-CREATE SCHEMA IF NOT EXISTS outpost;
-CREATE TABLE IF NOT EXISTS outpost.applied_groups (
-    client_id   text NOT NULL,
-    seq         bigint NOT NULL,
-    status      text NOT NULL,
-    reason_code text,
-    message     text,
-    op_index    int,
-    commit_lsn  pg_lsn,
-    applied_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (client_id, seq)
-);
-CREATE TABLE IF NOT EXISTS outpost.row_versions (
-    tbl      text NOT NULL,
-    key      text NOT NULL,
-    versions jsonb NOT NULL,
-    PRIMARY KEY (tbl, key)
-);
-DO $$
-BEGIN
-    IF to_regclass('outpost.column_versions') IS NOT NULL THEN
-        INSERT INTO outpost.row_versions (tbl, key, versions)
-        SELECT tbl, key, jsonb_object_agg(col, jsonb_build_array(hlc, client_id, value_hash))
-        FROM outpost.column_versions GROUP BY tbl, key
-        ON CONFLICT DO NOTHING;
-        DROP TABLE outpost.column_versions;
-    END IF;
-END $$;
-COMMIT;
-";
+/// Creates the schema and tables when missing, and converts a ledger of
+/// an earlier version (`deploy/outpost-ledger.sql`, which an operator can
+/// run by hand). Serialised by an advisory lock, so services starting
+/// together do not race.
+const SETUP: &str = include_str!("../../../deploy/outpost-ledger.sql");
 
 /// Sets up the `outpost` schema unless its tables exist, and takes them out
 /// of `publication` if someone added them.

@@ -155,7 +155,8 @@ fn without_commit_timestamps_direct_changes_are_oldest() {
 
 /// Versions kept in the per-column layout of earlier versions
 /// (`outpost.column_versions`) are folded into `outpost.row_versions` when
-/// the service starts, and still decide last-writer-wins.
+/// the service starts — per column, the greater version of the two tables
+/// wins — and still decide last-writer-wins.
 #[test]
 fn versions_of_the_per_column_layout_are_carried_over() {
     let kept = crate::writes::hlc::value_hash(Some("kept"));
@@ -174,9 +175,17 @@ fn versions_of_the_per_column_layout_are_carried_over() {
                 client_id text NOT NULL, value_hash bigint NOT NULL, PRIMARY KEY (tbl, key, col));
             INSERT INTO outpost.column_versions VALUES
                 ('public.notes', '[\"1\"]', 'title', {}, 'old', {kept}),
-                ('public.notes', '[\"1\"]', 'body', {}, 'old', {body});",
+                ('public.notes', '[\"1\"]', 'body', {}, 'old', {body});
+            CREATE TABLE outpost.row_versions (
+                tbl text NOT NULL, key text NOT NULL, versions jsonb NOT NULL,
+                PRIMARY KEY (tbl, key));
+            INSERT INTO outpost.row_versions VALUES ('public.notes', '[\"1\"]',
+                jsonb_build_object('title', jsonb_build_array({}, 'new', {kept}),
+                                   'body', jsonb_build_array({}, 'new', {body})));",
             hlc(5_000),
-            hlc(1_000)
+            hlc(1_000),
+            hlc(7_000),
+            hlc(500)
         ),
         false,
     );
@@ -190,12 +199,23 @@ fn versions_of_the_per_column_layout_are_carried_over() {
             ),
             "t|1"
         );
-        // The recorded title (5 s) beats a write at 4 s; without it, the
-        // value would count as a direct change, older than any write.
-        write(&applier, "a", 1, set(1, "title", "older", hlc(4_000))).await;
+        // Per column, the greater version of the two tables was kept: the
+        // title's from row_versions (7 s), the body's from column_versions
+        // (1 s).
+        assert_eq!(
+            query(
+                &pg,
+                "SELECT e.key, (e.value->>0)::bigint >> 16, e.value->>1 \
+                 FROM outpost.row_versions r, jsonb_each(r.versions) e ORDER BY 1"
+            ),
+            "body|1000|old\ntitle|7000|new"
+        );
+        // The recorded title beats a write at 6 s; without it, the value
+        // would count as a direct change, older than any write.
+        write(&applier, "a", 1, set(1, "title", "older", hlc(6_000))).await;
         write(&applier, "a", 2, set(1, "body", "newer", hlc(4_000))).await;
         assert_eq!(query(&pg, "SELECT title, body FROM notes"), "kept|newer");
-        write(&applier, "a", 3, set(1, "title", "newest", hlc(6_000))).await;
+        write(&applier, "a", 3, set(1, "title", "newest", hlc(8_000))).await;
         assert_eq!(query(&pg, "SELECT title, body FROM notes"), "newest|newer");
         assert_eq!(
             query(
@@ -203,7 +223,7 @@ fn versions_of_the_per_column_layout_are_carried_over() {
                 "SELECT r.key, e.key, (e.value->>0)::bigint >> 16, e.value->>1 \
                  FROM outpost.row_versions r, jsonb_each(r.versions) e ORDER BY 2"
             ),
-            "[\"1\"]|body|4000|a\n[\"1\"]|title|6000|a"
+            "[\"1\"]|body|4000|a\n[\"1\"]|title|8000|a"
         );
     });
 }
