@@ -173,7 +173,7 @@ pub async fn run(ops: u64) -> anyhow::Result<Vec<Figure>> {
     let baseline_secs = pgbench("simple", &script)?;
     let baseline_wal = bench.current_lsn()?.0.saturating_sub(wal_before.0);
     // What Postgres writes, and its walsender decodes record by record, per
-    // op: the ledger and the column versions besides the row.
+    // op: the ledger and the row's versions besides the row.
     let total = (per_client * CLIENTS as u64) as f64;
     eprintln!(
         "B6: WAL per op: {:.0} bytes through Write, {:.0} bytes by pgbench's upsert",
@@ -182,10 +182,10 @@ pub async fn run(ops: u64) -> anyhow::Result<Vec<Figure>> {
     );
 
     // The least Postgres work an idempotent merged write needs, with no
-    // service in between: the ledger claim, the row write and its column
+    // service in between: the ledger claim, the row write and its
     // versions in one statement, then the WAL position, in one round trip;
     // next to the same upsert with the same protocol.
-    eprintln!("B6: pgbench with the ledger claim, upsert and column versions as one statement…");
+    eprintln!("B6: pgbench with the ledger claim, upsert and row versions as one statement…");
     let floor = bench.dir.path().join("floor.sql");
     std::fs::write(
         &floor,

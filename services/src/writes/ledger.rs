@@ -186,7 +186,7 @@ pub(crate) fn readable(text: &str) -> RowVersions {
 
 /// A row's versions from their JSON form (`column: [hlc, client id, value
 /// hash]`).
-pub(crate) fn decode(text: &str) -> Result<RowVersions, serde_json::Error> {
+fn decode(text: &str) -> Result<RowVersions, serde_json::Error> {
     let by_column: HashMap<String, (i64, String, i64)> = serde_json::from_str(text)?;
     Ok(by_column
         .into_iter()
@@ -200,24 +200,6 @@ pub(crate) fn decode(text: &str) -> Result<RowVersions, serde_json::Error> {
             )
         })
         .collect())
-}
-
-/// A row's versions in their JSON form, columns in name order; `None` when
-/// there are none.
-fn encode(versions: &BTreeMap<&str, &ColumnVersion>) -> Option<String> {
-    if versions.is_empty() {
-        return None;
-    }
-    let by_column: BTreeMap<&str, (i64, &str, i64)> = versions
-        .iter()
-        .map(|(c, v)| {
-            (
-                *c,
-                (v.version.hlc, v.version.client_id.as_str(), v.value_hash),
-            )
-        })
-        .collect();
-    serde_json::to_string(&by_column).ok()
 }
 
 /// Records the versions of a row (`$1` table label, `$2` version key, `$3`
@@ -254,22 +236,27 @@ impl VersionWrite {
     /// are replaced), then the columns written, with this write's version.
     /// `None`: no version is left.
     pub(crate) fn merged(&self, recorded: Option<&RowVersions>) -> Option<String> {
-        let written: Vec<ColumnVersion> = self
-            .hashes
-            .iter()
-            .map(|&value_hash| ColumnVersion {
-                version: self.version.clone(),
-                value_hash,
-            })
-            .collect();
-        let mut versions: BTreeMap<&str, &ColumnVersion> = BTreeMap::new();
+        // Column → [hlc, client id, value hash], columns in name order.
+        let mut versions: BTreeMap<&str, (i64, &str, i64)> = BTreeMap::new();
         if !self.replace
             && let Some(recorded) = recorded
         {
-            versions.extend(recorded.iter().map(|(c, v)| (c.as_str(), v)));
+            versions.extend(recorded.iter().map(|(c, v)| {
+                let version = (v.version.hlc, v.version.client_id.as_str(), v.value_hash);
+                (c.as_str(), version)
+            }));
         }
-        versions.extend(self.columns.iter().map(String::as_str).zip(&written));
-        encode(&versions)
+        let version = (self.version.hlc, self.version.client_id.as_str());
+        versions.extend(
+            self.columns
+                .iter()
+                .zip(&self.hashes)
+                .map(|(c, &hash)| (c.as_str(), (version.0, version.1, hash))),
+        );
+        if versions.is_empty() {
+            return None;
+        }
+        serde_json::to_string(&versions).ok()
     }
 
     /// The parameters of [`WRITE_VERSIONS`], over the row's versions

@@ -99,8 +99,7 @@ impl Conn {
     /// Opens a transaction: from the first poll on, the connection counts
     /// as inside one until a COMMIT or ROLLBACK is answered.
     pub(crate) async fn begin(&self) -> Result<(), tokio_postgres::Error> {
-        self.in_transaction.store(true, Ordering::Relaxed);
-        self.client.batch_execute("BEGIN").await
+        self.open("BEGIN").await
     }
 
     /// Opens a transaction whose prepared statements run with generic
@@ -110,10 +109,14 @@ impl Conn {
     /// arrays hold, it spares planning them at every run, which Postgres
     /// otherwise keeps doing for array parameters.
     pub(crate) async fn begin_generic(&self) -> Result<(), tokio_postgres::Error> {
-        self.in_transaction.store(true, Ordering::Relaxed);
-        self.client
-            .batch_execute("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+        self.open("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
             .await
+    }
+
+    /// Sends `begin`, which opens a transaction.
+    async fn open(&self, begin: &str) -> Result<(), tokio_postgres::Error> {
+        self.in_transaction.store(true, Ordering::Relaxed);
+        self.client.batch_execute(begin).await
     }
 
     /// Ends the transaction. An answer without error does not mean the

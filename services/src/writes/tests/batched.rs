@@ -202,9 +202,7 @@ fn versions(pg: &PgCluster, table: &str) -> String {
     query(
         pg,
         &format!(
-            "SELECT key, col, hlc, value_hash FROM (SELECT v.tbl, v.key, e.key AS col, (e.value->>0)::bigint AS hlc, \
-             (e.value->>2)::bigint AS value_hash \
-             FROM outpost.row_versions v, jsonb_each(v.versions) e) AS cv \
+            "SELECT key, col, hlc, value_hash FROM {COLUMN_VERSIONS} \
              WHERE tbl = 'public.{table}' ORDER BY key, col"
         ),
     )
@@ -493,10 +491,10 @@ fn rows_with_keys_of_several_columns_and_keys_postgres_prints_otherwise() {
         assert_eq!(
             query(
                 &pg,
-                "SELECT key, hlc >> 16 FROM (SELECT v.tbl, v.key, e.key AS col, (e.value->>0)::bigint AS hlc, \
-             (e.value->>2)::bigint AS value_hash \
-             FROM outpost.row_versions v, jsonb_each(v.versions) e) AS cv WHERE tbl = 'public.cells' \
-                 AND col = 'value' ORDER BY key"
+                &format!(
+                    "SELECT key, hlc >> 16 FROM {COLUMN_VERSIONS} WHERE tbl = 'public.cells' \
+                     AND col = 'value' ORDER BY key"
+                )
             ),
             format!(
                 "[\"{SHEET}\",\"1\"]|20\n[\"{SHEET}\",\"3\"]|10\n[\"{SHEET}\",\"4\"]|30\n\

@@ -205,8 +205,7 @@ fn versions_of_the_per_column_layout_are_carried_over() {
         assert_eq!(
             query(
                 &pg,
-                "SELECT e.key, (e.value->>0)::bigint >> 16, e.value->>1 \
-                 FROM outpost.row_versions r, jsonb_each(r.versions) e ORDER BY 1"
+                &format!("SELECT col, hlc >> 16, client_id FROM {COLUMN_VERSIONS} ORDER BY 1")
             ),
             "body|1000|old\ntitle|7000|new"
         );
@@ -220,8 +219,7 @@ fn versions_of_the_per_column_layout_are_carried_over() {
         assert_eq!(
             query(
                 &pg,
-                "SELECT r.key, e.key, (e.value->>0)::bigint >> 16, e.value->>1 \
-                 FROM outpost.row_versions r, jsonb_each(r.versions) e ORDER BY 2"
+                &format!("SELECT key, col, hlc >> 16, client_id FROM {COLUMN_VERSIONS} ORDER BY 2")
             ),
             "[\"1\"]|body|4000|a\n[\"1\"]|title|8000|a"
         );

@@ -170,3 +170,9 @@ pub(super) fn rejected(code: &str) -> (Status, String) {
 pub(super) fn query(pg: &PgCluster, sql: &str) -> String {
     pg.psql(DB, sql).expect("query").trim_end().to_string()
 }
+
+/// `outpost.row_versions` one row per column, to query as a table `cv`:
+/// `tbl`, `key`, `col`, `hlc`, `client_id`, `value_hash`.
+pub(super) const COLUMN_VERSIONS: &str = "(SELECT v.tbl, v.key, e.key AS col, \
+     (e.value->>0)::bigint AS hlc, e.value->>1 AS client_id, (e.value->>2)::bigint AS value_hash \
+     FROM outpost.row_versions v, jsonb_each(v.versions) e) AS cv";
