@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use futures::future::{OptionFuture, join_all, join3, join4};
+use futures::future::{OptionFuture, join, join_all, join4};
 use outpost_proto::v1::OpGroup;
 use tokio_postgres::Row as PgRow;
 use tokio_postgres::types::ToSql;
@@ -654,19 +654,19 @@ impl Applier {
                     .map_err(stop)?,
             )
         };
-        let wal_end = conn.prepare(ledger::CURRENT_WAL_LSN).await.map_err(stop)?;
         let params = version_params(&records, &recorded_versions);
         let params = refs(&params);
         let client = conn.client();
-        let (recorded, committed, lsn) = join3(
+        let (recorded, committed) = join(
             OptionFuture::from(record.as_ref().map(|s| client.query(s, &params))),
-            conn.commit(),
-            client.query_one(&wal_end, &[]),
+            conn.commit_reading_lsn(),
         )
         .await;
         recorded.transpose().map_err(stop)?;
-        committed.map_err(stop)?;
-        let lsn = lsn.and_then(|r| ledger::lsn(&r)).map_err(Stop::Transient)?;
+        // COMMIT and the read of the WAL end are one message: should the
+        // read fail after a commit, the groups are answered as after any
+        // failure, and found recorded (duplicates) when applied again.
+        let lsn = committed.map_err(stop)?;
         Ok(applies
             .into_iter()
             .map(|a| {

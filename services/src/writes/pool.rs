@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row, Statement};
+use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
 
+use crate::lsn::Lsn;
 use crate::snapshot::SESSION_SETTINGS;
 
 /// Prepared statements kept per connection; the cache is emptied when full.
@@ -127,6 +128,22 @@ impl Conn {
         self.client.batch_execute("COMMIT").await?;
         self.in_transaction.store(false, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Commits, and reads the WAL end right after, in one message: an
+    /// upper bound of the commit's LSN. As with [`Conn::commit`], after a
+    /// failed statement the COMMIT is a rollback: read every answer.
+    pub(crate) async fn commit_reading_lsn(&self) -> Result<Lsn, tokio_postgres::Error> {
+        let answers = self
+            .client
+            .simple_query("COMMIT; SELECT pg_current_wal_lsn()::text")
+            .await?;
+        self.in_transaction.store(false, Ordering::Relaxed);
+        let lsn = answers.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).and_then(|t| t.parse().ok()),
+            _ => None,
+        });
+        Ok(lsn.unwrap_or_default())
     }
 
     pub(crate) async fn rollback(&self) -> Result<(), tokio_postgres::Error> {
