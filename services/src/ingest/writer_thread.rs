@@ -6,7 +6,7 @@
 //! A group commits at the last transaction end of a batch when nothing
 //! more is queued, or when the next batch queued does not end a
 //! transaction either (so complete transactions do not wait for a long one
-//! behind them), or after 100 ms or 100,000 ops. At a
+//! behind them), or after 400 ms or 100,000 ops. At a
 //! keepalive following a commit by less than 250 µs (a backlog being
 //! drained, where Postgres sends one after every transaction), it first
 //! waits out the rest of those 250 µs.
@@ -26,7 +26,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// A store commit is forced at the next transaction boundary past these.
-const GROUP_COMMIT_MAX_AGE: Duration = Duration::from_millis(100);
+/// They only bind while the writer is behind the stream (a writer that
+/// keeps up commits whenever nothing more is queued): then every commit
+/// rewrites the pages of the op index and of the summaries of every bucket
+/// it touched, so with many users fewer, larger commits cost less per
+/// change, while streams catching up see the backlog in steps this far
+/// apart.
+const GROUP_COMMIT_MAX_AGE: Duration = Duration::from_millis(400);
 const GROUP_COMMIT_MAX_OPS: u64 = 100_000;
 /// At an idle position (a keepalive between transactions), a store commit
 /// that would follow the previous one sooner than this waits for the rest

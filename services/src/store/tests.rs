@@ -403,9 +403,9 @@ fn the_log_is_copied_into_the_file_beside_the_commits_and_removed_on_close() {
 }
 
 /// What a store commit costs per op when its ops spread over many buckets:
-/// 60,000 puts of new rows, in commits of 3,500 (as a backlog drains),
-/// over `BUCKETS` buckets (default 10,000), after as many to fill them
-/// and a restart of the writer.
+/// 60,000 puts of new rows, in commits of `CHUNK` ops (default 3,500, as
+/// a backlog drains), over `BUCKETS` buckets (default 10,000), after as
+/// many to fill them and a restart of the writer.
 /// `BUCKETS=10 cargo test --release -p outpost --lib
 /// store::tests::ops_spread_over_buckets -- --ignored --nocapture`, and
 /// under `valgrind --tool=callgrind` for instruction counts.
@@ -416,6 +416,10 @@ fn ops_spread_over_buckets() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
+    let per_commit: usize = std::env::var("CHUNK")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3_500);
     let dir = tempfile::tempdir().unwrap();
     let mut w = StoreWriter::open(&database_path(dir.path())).unwrap();
     w.reinitialise("v1", "slot", "epoch1").unwrap();
@@ -423,7 +427,7 @@ fn ops_spread_over_buckets() {
     let names: Vec<String> = (0..buckets).map(|b| format!("items#0[u{b}]")).collect();
     let mut lsn = 10;
     let mut run = |w: &mut StoreWriter, from: i64| {
-        for chunk in (from..from + 60_000).collect::<Vec<_>>().chunks(3_500) {
+        for chunk in (from..from + 60_000).collect::<Vec<_>>().chunks(per_commit) {
             w.begin().unwrap();
             for &id in chunk {
                 let (row, hash) = op(id, "item");
