@@ -245,7 +245,10 @@ impl Applier {
 }
 
 /// The COMMIT, with what the pipeline holds, and the read of the WAL end:
-/// one round trip.
+/// one round trip, two messages (not [`Conn::commit_reading_lsn`], whose
+/// error does not tell a failed COMMIT from a failed read: here a failed
+/// COMMIT becomes the group's verdict, which a read failing after a
+/// commit must not).
 async fn commit(
     conn: &Conn,
     pipeline: &mut Pipeline<'_>,

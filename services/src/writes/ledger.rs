@@ -144,10 +144,20 @@ pub(crate) const RECORD_REJECTION: &str = "INSERT INTO outpost.applied_groups \
 /// connection, an upper bound of that commit's LSN. Read with [`lsn`].
 pub(crate) const CURRENT_WAL_LSN: &str = "SELECT pg_current_wal_lsn()::text";
 
+/// COMMIT, then [`CURRENT_WAL_LSN`], as one simple query (one message,
+/// one answer): sent by [`Conn::commit_reading_lsn`], its row read with
+/// [`lsn_text`].
+pub(crate) const COMMIT_READING_WAL_LSN: &str = "COMMIT; SELECT pg_current_wal_lsn()::text";
+
 /// The LSN [`CURRENT_WAL_LSN`] read.
 pub(crate) fn lsn(row: &tokio_postgres::Row) -> Result<Lsn, tokio_postgres::Error> {
     let text: String = row.try_get(0)?;
-    Ok(text.parse().unwrap_or_default())
+    Ok(lsn_text(&text))
+}
+
+/// The LSN of the text [`CURRENT_WAL_LSN`] returns.
+pub(crate) fn lsn_text(text: &str) -> Lsn {
+    text.parse().unwrap_or_default()
 }
 
 /// A column's recorded version and the hash of the value it was written with.

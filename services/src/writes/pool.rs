@@ -24,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
 
+use super::ledger;
 use crate::lsn::Lsn;
 use crate::snapshot::SESSION_SETTINGS;
 
@@ -130,17 +131,19 @@ impl Conn {
         Ok(())
     }
 
-    /// Commits, and reads the WAL end right after, in one message: an
-    /// upper bound of the commit's LSN. As with [`Conn::commit`], after a
-    /// failed statement the COMMIT is a rollback: read every answer.
+    /// Commits, and reads the WAL end right after, in one message
+    /// ([`ledger::COMMIT_READING_WAL_LSN`]): an upper bound of the commit's
+    /// LSN. As with [`Conn::commit`], after a failed statement the COMMIT
+    /// is a rollback: read every answer. An error does not tell whether
+    /// the COMMIT or the read failed.
     pub(crate) async fn commit_reading_lsn(&self) -> Result<Lsn, tokio_postgres::Error> {
         let answers = self
             .client
-            .simple_query("COMMIT; SELECT pg_current_wal_lsn()::text")
+            .simple_query(ledger::COMMIT_READING_WAL_LSN)
             .await?;
         self.in_transaction.store(false, Ordering::Relaxed);
         let lsn = answers.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).and_then(|t| t.parse().ok()),
+            SimpleQueryMessage::Row(row) => row.get(0).map(ledger::lsn_text),
             _ => None,
         });
         Ok(lsn.unwrap_or_default())
