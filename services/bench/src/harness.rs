@@ -1,6 +1,11 @@
 //! What every benchmark needs: a throwaway cluster with a database, the
 //! service's configuration, tokens, and readings of the service's store and
 //! of this process's memory.
+//!
+//! The cluster is durable, as a deployed one is (`fsync = on`; the test
+//! clusters turn it off): a commit waits for its WAL to reach the disk, in
+//! the baselines as in the service's runs. `OUTPOST_BENCH_FSYNC=off` runs
+//! every workload on a cluster that does not wait.
 
 use anyhow::{Context, bail};
 use outpost::auth::AuthConfig;
@@ -42,6 +47,14 @@ insert = "new.owner = auth.sub"
 update = "old.owner = auth.sub AND new.owner = auth.sub"
 "#;
 
+/// The cluster's `fsync`: `on` unless `OUTPOST_BENCH_FSYNC` says `off`.
+pub fn fsync() -> String {
+    match std::env::var("OUTPOST_BENCH_FSYNC").as_deref() {
+        Ok("off") => "off".into(),
+        _ => "on".into(),
+    }
+}
+
 pub struct Bench {
     pub pg: PgCluster,
     pub dir: tempfile::TempDir,
@@ -53,6 +66,7 @@ impl Bench {
         let pg = PgCluster::start_with(PgClusterOptions {
             extra_hba: Vec::new(),
             settings: vec![
+                ("fsync".into(), fsync()),
                 ("max_wal_size".into(), "4GB".into()),
                 ("checkpoint_timeout".into(), "30min".into()),
                 ("shared_buffers".into(), "256MB".into()),

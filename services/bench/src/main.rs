@@ -86,7 +86,10 @@ async fn main() -> anyhow::Result<()> {
     if all || cli.workload == Workload::B6 {
         figures.extend(writes::run(n(20_000)).await?);
     }
-    println!();
+    println!(
+        "\nPostgres clusters with fsync = {} (OUTPOST_BENCH_FSYNC=off|on)\n",
+        harness::fsync()
+    );
     report::print_table(&figures);
     std::fs::write(&cli.json, serde_json::to_string_pretty(&figures)?)?;
     println!("\nfigures written to {}", cli.json.display());

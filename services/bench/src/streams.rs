@@ -3,7 +3,9 @@
 //! burst of single-row transactions spread over the users is drained into
 //! the store, live, then three more as backlogs (written while the
 //! service process is stopped, so that both runs store them in commits of
-//! the same sizes). The routing cost per change — CPU time of the service's
+//! the same sizes). The two services, each with its own cluster, stay up
+//! side by side and drain their backlogs in turns, so that a machine whose
+//! speed drifts moves both sides alike. The routing cost per change — CPU time of the service's
 //! store threads on a backlog, the median of the three (the writer, which
 //! decodes nothing but routes and stores every change, and the copy of its
 //! log into the database file) — must not grow with the number of streams
@@ -124,129 +126,158 @@ async fn wait_for_delivery(received: &AtomicU64, changes: u64) -> anyhow::Result
     Ok(())
 }
 
-struct Run {
+/// One service process with its own cluster and `users` idle streams, and
+/// what it measured.
+struct Service {
+    bench: Bench,
+    data_dir: PathBuf,
+    child: tokio::process::Child,
+    pid: u32,
+    users: usize,
+    changes: u64,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    received: Arc<AtomicU64>,
+    backlogs: u64,
     per_change_us: f64,
-    store_cpu_us: f64,
     delivered_us: f64,
     rss_per_stream: f64,
+    store_cpu_us: Vec<f64>,
 }
 
-async fn run_with(users: usize, changes: u64) -> anyhow::Result<Run> {
-    let bench = Bench::new(SETUP)?;
-    let data_dir = bench.dir.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let cfg = bench.config(&data_dir);
-    let mut child = tokio::process::Command::new(outpost_binary()?)
-        .arg("serve")
-        .env("OUTPOST_DATABASE_URL", &cfg.database_url)
-        .env("OUTPOST_SCHEMA_DIR", &cfg.schema_dir)
-        .env("OUTPOST_DATA_DIR", &cfg.data_dir)
-        .env("OUTPOST_LISTEN", format!("127.0.0.1:{port}"))
-        .env("OUTPOST_AUTH_HS256_SECRET", "bench-secret")
-        .env("OUTPOST_MAX_BUCKETS_PER_USER", "100000")
-        .env(
-            "RUST_LOG",
-            std::env::var("B5_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().context("the service exited at once")?;
-    wait_for_store(&data_dir, Lsn(1), Duration::from_secs(60)).await?;
-    let server = format!("http://127.0.0.1:{port}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_before = rss_of(pid);
-    if rss_before == 0 {
-        bail!("cannot read the service's memory from /proc/{pid}/status");
-    }
-
-    eprintln!("B5: opening {users} streams…");
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
-    let received = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    let mut channel = None;
-    for u in 0..users {
-        if u % STREAMS_PER_CONNECTION == 0 {
-            channel = Some(
-                tonic::transport::Endpoint::from_shared(server.clone())?
-                    .connect()
-                    .await?,
-            );
+impl Service {
+    /// Starts the service, opens its streams and drains the live burst.
+    async fn start(users: usize, changes: u64) -> anyhow::Result<Service> {
+        let bench = Bench::new(SETUP)?;
+        let data_dir = bench.dir.path().join("data");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let cfg = bench.config(&data_dir);
+        let child = tokio::process::Command::new(outpost_binary()?)
+            .arg("serve")
+            .env("OUTPOST_DATABASE_URL", &cfg.database_url)
+            .env("OUTPOST_SCHEMA_DIR", &cfg.schema_dir)
+            .env("OUTPOST_DATA_DIR", &cfg.data_dir)
+            .env("OUTPOST_LISTEN", format!("127.0.0.1:{port}"))
+            .env("OUTPOST_AUTH_HS256_SECRET", "bench-secret")
+            .env("OUTPOST_MAX_BUCKETS_PER_USER", "100000")
+            .env(
+                "RUST_LOG",
+                std::env::var("B5_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("the service exited at once")?;
+        wait_for_store(&data_dir, Lsn(1), Duration::from_secs(60)).await?;
+        let server = format!("http://127.0.0.1:{port}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss_before = rss_of(pid);
+        if rss_before == 0 {
+            bail!("cannot read the service's memory from /proc/{pid}/status");
         }
-        let mut client = SyncClient::new(channel.clone().context("no channel")?);
-        let token = bench.token(&format!("u{u}"))?;
-        let ready = ready_tx.clone();
-        let received = received.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut request = tonic::Request::new(SyncRequest {
-                client_id: format!("bench-{u}"),
-                ..SyncRequest::default()
-            });
-            request
-                .metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse()?);
-            let mut stream = client.sync(request).await?.into_inner();
-            let mut first = true;
-            while let Some(m) = stream.message().await? {
-                match m.message {
-                    Some(Message::Checkpoint(_)) if first => {
-                        first = false;
-                        let _ = ready.send(());
-                    }
-                    Some(Message::Data(batch)) => {
-                        received.fetch_add(batch.ops.len() as u64, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
+
+        eprintln!("B5: opening {users} streams…");
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+        let received = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        let mut channel = None;
+        for u in 0..users {
+            if u % STREAMS_PER_CONNECTION == 0 {
+                channel = Some(
+                    tonic::transport::Endpoint::from_shared(server.clone())?
+                        .connect()
+                        .await?,
+                );
             }
-            anyhow::Ok(())
-        }));
-    }
-    for _ in 0..users {
-        tokio::time::timeout(Duration::from_secs(300), ready_rx.recv())
-            .await
-            .context("streams did not all reach their first checkpoint")?;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = rss_of(pid);
+            let mut client = SyncClient::new(channel.clone().context("no channel")?);
+            let token = bench.token(&format!("u{u}"))?;
+            let ready = ready_tx.clone();
+            let received = received.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut request = tonic::Request::new(SyncRequest {
+                    client_id: format!("bench-{u}"),
+                    ..SyncRequest::default()
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse()?);
+                let mut stream = client.sync(request).await?.into_inner();
+                let mut first = true;
+                while let Some(m) = stream.message().await? {
+                    match m.message {
+                        Some(Message::Checkpoint(_)) if first => {
+                            first = false;
+                            let _ = ready.send(());
+                        }
+                        Some(Message::Data(batch)) => {
+                            received.fetch_add(batch.ops.len() as u64, Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for _ in 0..users {
+            tokio::time::timeout(Duration::from_secs(300), ready_rx.recv())
+                .await
+                .context("streams did not all reach their first checkpoint")?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss_after = rss_of(pid);
 
-    eprintln!("B5: {changes} changes over {users} users…");
-    received.store(0, Ordering::Relaxed);
-    let started = Instant::now();
-    bench
-        .pg
-        .psql(DB, &format!("CALL spread_txns({changes}, 1, {users})"))?;
-    let target = bench.current_lsn()?;
-    let done = wait_for_store(&data_dir, target, Duration::from_secs(600)).await?;
-    let elapsed = (done - started).as_secs_f64();
-    wait_for_delivery(&received, changes).await?;
-    let delivered = started.elapsed().as_secs_f64();
+        eprintln!("B5: {changes} changes over {users} users…");
+        received.store(0, Ordering::Relaxed);
+        let started = Instant::now();
+        bench
+            .pg
+            .psql(DB, &format!("CALL spread_txns({changes}, 1, {users})"))?;
+        let target = bench.current_lsn()?;
+        let done = wait_for_store(&data_dir, target, Duration::from_secs(600)).await?;
+        let elapsed = (done - started).as_secs_f64();
+        wait_for_delivery(&received, changes).await?;
+        let delivered = started.elapsed().as_secs_f64();
 
-    // The routing cost, on a backlog: how many transactions share a store
-    // commit depends on how the store keeps up with a live burst, and that
-    // would weigh more than routing. The service is stopped while the same
-    // number of changes is written, then drains them; BACKLOGS times, and
-    // the median counts (one drain takes a fraction of a second of CPU, and
-    // a shared machine moves single readings by half).
-    let mut store_cpu = Vec::with_capacity(BACKLOGS);
-    for b in 0..BACKLOGS {
+        Ok(Service {
+            bench,
+            data_dir,
+            child,
+            pid,
+            users,
+            changes,
+            tasks,
+            received,
+            backlogs: 0,
+            per_change_us: elapsed * 1e6 / changes as f64,
+            delivered_us: delivered * 1e6 / changes as f64,
+            rss_per_stream: rss_after.saturating_sub(rss_before) as f64 / users as f64,
+            store_cpu_us: Vec::with_capacity(BACKLOGS),
+        })
+    }
+
+    /// The routing cost, on a backlog: how many transactions share a store
+    /// commit depends on how the store keeps up with a live burst, and that
+    /// would weigh more than routing. The service is stopped while the same
+    /// number of changes is written, then drains them.
+    async fn backlog(&mut self) -> anyhow::Result<()> {
+        let (users, changes, pid) = (self.users, self.changes, self.pid);
+        self.backlogs += 1;
         eprintln!(
             "B5: {changes} more changes over {users} users, as a backlog ({} of {BACKLOGS})…",
-            b + 1
+            self.backlogs
         );
-        received.store(0, Ordering::Relaxed);
+        self.received.store(0, Ordering::Relaxed);
         let cpu_before = store_thread_cpu(pid).await?;
         signal(pid, "STOP")?;
-        let first = changes * (b as u64 + 1) + 1;
-        let written = bench.pg.psql(
+        let first = changes * self.backlogs + 1;
+        let written = self.bench.pg.psql(
             DB,
             &format!("CALL spread_txns({changes}, {first}, {users})"),
         );
         signal(pid, "CONT")?;
         written?;
-        let target = bench.current_lsn()?;
-        wait_for_store(&data_dir, target, Duration::from_secs(600)).await?;
+        let target = self.bench.current_lsn()?;
+        wait_for_store(&self.data_dir, target, Duration::from_secs(600)).await?;
         let cpu_after = store_thread_cpu(pid).await?;
         let log_copy = cpu_after.log_copy - cpu_before.log_copy;
         let cpu = cpu_after.writer - cpu_before.writer + log_copy;
@@ -255,41 +286,61 @@ async fn run_with(users: usize, changes: u64) -> anyhow::Result<Run> {
             cpu * 1e6 / changes as f64,
             log_copy * 1e6 / changes as f64
         );
-        store_cpu.push(cpu * 1e6 / changes as f64);
-        wait_for_delivery(&received, changes).await?;
+        self.store_cpu_us.push(cpu * 1e6 / changes as f64);
+        wait_for_delivery(&self.received, changes).await
     }
-    store_cpu.sort_by(f64::total_cmp);
-    for t in tasks {
-        t.abort();
+
+    /// Stops the service; the median of its backlogs' CPU per change.
+    async fn stop(mut self) -> f64 {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.child.kill().await.ok();
+        self.store_cpu_us.sort_by(f64::total_cmp);
+        self.store_cpu_us[self.store_cpu_us.len() / 2]
     }
-    child.kill().await.ok();
-    Ok(Run {
-        per_change_us: elapsed * 1e6 / changes as f64,
-        store_cpu_us: store_cpu[store_cpu.len() / 2],
-        delivered_us: delivered * 1e6 / changes as f64,
-        rss_per_stream: rss_after.saturating_sub(rss_before) as f64 / users as f64,
-    })
 }
 
 pub async fn run(users: usize, changes: u64) -> anyhow::Result<Vec<Figure>> {
-    let small = run_with(10, changes).await?;
-    let large = run_with(users, changes).await?;
+    let mut small = Service::start(10, changes).await?;
+    let mut large = Service::start(users, changes).await?;
+    // Both services stay up and drain their backlogs in turns, each pair
+    // in the other order than the one before: a machine whose speed
+    // drifts moves both sides alike (one run after the other moved the
+    // ratio by half).
+    for b in 0..BACKLOGS {
+        if b % 2 == 0 {
+            small.backlog().await?;
+            large.backlog().await?;
+        } else {
+            large.backlog().await?;
+            small.backlog().await?;
+        }
+    }
+    let (per_change_us, delivered_us, rss_per_stream) = (
+        large.per_change_us,
+        large.delivered_us,
+        large.rss_per_stream,
+    );
+    let (small_per_change_us, small_delivered_us) = (small.per_change_us, small.delivered_us);
+    let small_cpu = small.stop().await;
+    let large_cpu = large.stop().await;
     Ok(vec![
         Figure::lower_is_better(
             "B5",
             &format!(
                 "routing: store threads' CPU µs per change, {users} streams (median of {BACKLOGS})"
             ),
-            large.store_cpu_us,
-            small.store_cpu_us,
+            large_cpu,
+            small_cpu,
             "the same burst with 10 streams",
             1.2,
         ),
         Figure::lower_is_better(
             "B5-store",
             &format!("wall µs per change, commit → store, {users} streams"),
-            large.per_change_us,
-            small.per_change_us,
+            per_change_us,
+            small_per_change_us,
             "the same burst with 10 streams",
             0.0,
         )
@@ -297,8 +348,8 @@ pub async fn run(users: usize, changes: u64) -> anyhow::Result<Vec<Figure>> {
         Figure::lower_is_better(
             "B5-delivered",
             &format!("wall µs per change, commit → every stream, {users} streams"),
-            large.delivered_us,
-            small.delivered_us,
+            delivered_us,
+            small_delivered_us,
             "the same burst with 10 streams",
             0.0,
         )
@@ -306,7 +357,7 @@ pub async fn run(users: usize, changes: u64) -> anyhow::Result<Vec<Figure>> {
         Figure::info(
             "B5-rss",
             &format!("service RSS per idle stream, KB ({users} streams; target ≤ 20)"),
-            large.rss_per_stream / 1024.0,
+            rss_per_stream / 1024.0,
         ),
     ])
 }
