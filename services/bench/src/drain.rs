@@ -62,9 +62,10 @@ pub async fn run(id: &str, backlog: Backlog) -> anyhow::Result<Vec<Figure>> {
     let rows = match backlog {
         Backlog::SingleRowTxns(n) => {
             eprintln!("{id}: writing {n} single-row transactions…");
-            bench
-                .pg
-                .psql(crate::harness::DB, &format!("CALL single_row_txns({n}, 1)"))?;
+            bench.pg.psql(
+                crate::harness::DB,
+                &format!("SET synchronous_commit = off; CALL single_row_txns({n}, 1)"),
+            )?;
             n
         }
         Backlog::OneTxn(n) => {
