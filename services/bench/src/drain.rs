@@ -64,7 +64,10 @@ pub async fn run(id: &str, backlog: Backlog) -> anyhow::Result<Vec<Figure>> {
             eprintln!("{id}: writing {n} single-row transactions…");
             bench.pg.psql(
                 crate::harness::DB,
-                &format!("SET synchronous_commit = off; CALL single_row_txns({n}, 1)"),
+                &format!(
+                    "{} CALL single_row_txns({n}, 1)",
+                    crate::harness::NO_FLUSH_WAIT
+                ),
             )?;
             n
         }

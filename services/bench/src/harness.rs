@@ -47,6 +47,13 @@ insert = "new.owner = auth.sub"
 update = "old.owner = auth.sub AND new.owner = auth.sub"
 "#;
 
+/// Set before transactions that only build a backlog or a burst for the
+/// service to read: they commit without waiting for their WAL flush, so
+/// the same transactions and WAL are written at the service's pace rather
+/// than the disk's (the WAL writer flushes at least every megabyte, and
+/// the walsender sends what is flushed).
+pub const NO_FLUSH_WAIT: &str = "SET synchronous_commit = off;";
+
 /// The cluster's `fsync`: `on` unless `OUTPOST_BENCH_FSYNC` says `off`.
 pub fn fsync() -> String {
     match std::env::var("OUTPOST_BENCH_FSYNC").as_deref() {

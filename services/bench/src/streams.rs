@@ -5,8 +5,8 @@
 //! service process is stopped, so that both runs store them in commits of
 //! the same sizes). The two services, each with its own cluster, stay up
 //! side by side and drain their backlogs in turns, so that a machine whose
-//! speed drifts moves both sides alike. The routing cost per change — CPU time of the service's
-//! store threads on a backlog, the median of the three (the writer, which
+//! speed drifts moves both sides alike. The routing cost per change — CPU
+//! time of the service's store threads on a backlog, the median of the three (the writer, which
 //! decodes nothing but routes and stores every change, and the copy of its
 //! log into the database file) — must not grow with the number of streams
 //! (ratio ≤ 1.2), and each idle stream should cost the service little
@@ -17,7 +17,7 @@
 //! burst) shares the machine with the store thread. The service runs as its
 //! own process so its RSS and CPU time are its own.
 
-use crate::harness::{Bench, DB, rss_of, wait_for_store};
+use crate::harness::{Bench, DB, NO_FLUSH_WAIT, rss_of, wait_for_store};
 use crate::report::Figure;
 use anyhow::{Context, bail};
 use outpost::lsn::Lsn;
@@ -28,12 +28,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-/// The bursts' transactions commit without waiting for their WAL flush:
-/// the same transactions and WAL, written as fast as the store reads them
-/// rather than at the disk's flush rate (the WAL writer flushes at least
-/// every megabyte, and the walsender sends what is flushed).
-const NO_FLUSH_WAIT: &str = "SET synchronous_commit = off;";
 
 /// Backlogs drained per run; the median's CPU counts.
 const BACKLOGS: usize = 3;
@@ -132,8 +126,17 @@ async fn wait_for_delivery(received: &AtomicU64, changes: u64) -> anyhow::Result
     Ok(())
 }
 
+/// What one service measured.
+struct Run {
+    per_change_us: f64,
+    /// The median of its backlogs'.
+    store_cpu_us: f64,
+    delivered_us: f64,
+    rss_per_stream: f64,
+}
+
 /// One service process with its own cluster and `users` idle streams, and
-/// what it measured.
+/// what it measured so far.
 struct Service {
     bench: Bench,
     data_dir: PathBuf,
@@ -143,7 +146,6 @@ struct Service {
     changes: u64,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     received: Arc<AtomicU64>,
-    backlogs: u64,
     per_change_us: f64,
     delivered_us: f64,
     rss_per_stream: f64,
@@ -254,7 +256,6 @@ impl Service {
             changes,
             tasks,
             received,
-            backlogs: 0,
             per_change_us: elapsed * 1e6 / changes as f64,
             delivered_us: delivered * 1e6 / changes as f64,
             rss_per_stream: rss_after.saturating_sub(rss_before) as f64 / users as f64,
@@ -268,15 +269,14 @@ impl Service {
     /// number of changes is written, then drains them.
     async fn backlog(&mut self) -> anyhow::Result<()> {
         let (users, changes, pid) = (self.users, self.changes, self.pid);
-        self.backlogs += 1;
+        let backlog = self.store_cpu_us.len() as u64 + 1;
         eprintln!(
-            "B5: {changes} more changes over {users} users, as a backlog ({} of {BACKLOGS})…",
-            self.backlogs
+            "B5: {changes} more changes over {users} users, as a backlog ({backlog} of {BACKLOGS})…"
         );
         self.received.store(0, Ordering::Relaxed);
         let cpu_before = store_thread_cpu(pid).await?;
         signal(pid, "STOP")?;
-        let first = changes * self.backlogs + 1;
+        let first = changes * backlog + 1;
         let written = self.bench.pg.psql(
             DB,
             &format!("{NO_FLUSH_WAIT} CALL spread_txns({changes}, {first}, {users})"),
@@ -297,14 +297,19 @@ impl Service {
         wait_for_delivery(&self.received, changes).await
     }
 
-    /// Stops the service; the median of its backlogs' CPU per change.
-    async fn stop(mut self) -> f64 {
+    /// Stops the service; what it measured.
+    async fn stop(mut self) -> Run {
         for t in &self.tasks {
             t.abort();
         }
         self.child.kill().await.ok();
         self.store_cpu_us.sort_by(f64::total_cmp);
-        self.store_cpu_us[self.store_cpu_us.len() / 2]
+        Run {
+            per_change_us: self.per_change_us,
+            store_cpu_us: self.store_cpu_us[self.store_cpu_us.len() / 2],
+            delivered_us: self.delivered_us,
+            rss_per_stream: self.rss_per_stream,
+        }
     }
 }
 
@@ -324,30 +329,24 @@ pub async fn run(users: usize, changes: u64) -> anyhow::Result<Vec<Figure>> {
             small.backlog().await?;
         }
     }
-    let (per_change_us, delivered_us, rss_per_stream) = (
-        large.per_change_us,
-        large.delivered_us,
-        large.rss_per_stream,
-    );
-    let (small_per_change_us, small_delivered_us) = (small.per_change_us, small.delivered_us);
-    let small_cpu = small.stop().await;
-    let large_cpu = large.stop().await;
+    let small = small.stop().await;
+    let large = large.stop().await;
     Ok(vec![
         Figure::lower_is_better(
             "B5",
             &format!(
                 "routing: store threads' CPU µs per change, {users} streams (median of {BACKLOGS})"
             ),
-            large_cpu,
-            small_cpu,
+            large.store_cpu_us,
+            small.store_cpu_us,
             "the same burst with 10 streams",
             1.2,
         ),
         Figure::lower_is_better(
             "B5-store",
             &format!("wall µs per change, commit → store, {users} streams"),
-            per_change_us,
-            small_per_change_us,
+            large.per_change_us,
+            small.per_change_us,
             "the same burst with 10 streams",
             0.0,
         )
@@ -355,8 +354,8 @@ pub async fn run(users: usize, changes: u64) -> anyhow::Result<Vec<Figure>> {
         Figure::lower_is_better(
             "B5-delivered",
             &format!("wall µs per change, commit → every stream, {users} streams"),
-            delivered_us,
-            small_delivered_us,
+            large.delivered_us,
+            small.delivered_us,
             "the same burst with 10 streams",
             0.0,
         )
@@ -364,7 +363,7 @@ pub async fn run(users: usize, changes: u64) -> anyhow::Result<Vec<Figure>> {
         Figure::info(
             "B5-rss",
             &format!("service RSS per idle stream, KB ({users} streams; target ≤ 20)"),
-            rss_per_stream / 1024.0,
+            large.rss_per_stream / 1024.0,
         ),
     ])
 }
