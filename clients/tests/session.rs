@@ -6,10 +6,9 @@ mod common;
 
 use common::{
     A, AbortOnDrop, B, Fake, Script, bucket, checkpoint, data, initial, schema, serve, serve_on,
-    todos, with_timeout,
+    todos, unused_addr, with_timeout,
 };
 use outpost_client::{ClientError, Replica, SyncEvent, SyncOptions, sync, sync_with_events};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::Status;
@@ -210,9 +209,7 @@ async fn transient_failures_are_retried() {
 
 #[tokio::test]
 async fn connection_refused_is_retried_until_the_service_is_up() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    drop(listener);
+    let addr = unused_addr();
     let fake = Fake::new(vec![Script::Send(initial())]);
     let server = {
         let fake = fake.clone();

@@ -6,14 +6,14 @@ mod common;
 
 use common::{
     A, AbortOnDrop, B, Fake, Script, WriteScript, answer_each, applied, bucket, checkpoint, data,
-    duplicate, initial, lsn, rejected, removes, schema, serve, serve_on, todos, with_timeout,
+    duplicate, initial, lsn, rejected, removes, schema, serve, serve_on, todos, unused_addr,
+    with_timeout,
 };
 use outpost_client::{
     ClientError, LocalDb, PendingGroup, Replica, SyncEvent, SyncOptions, WriteStatus, sync,
     sync_with_events,
 };
 use outpost_proto::v1::{SyncResponse, write_op};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -283,9 +283,7 @@ async fn a_failed_write_call_is_sent_again_with_the_same_seqs() {
 async fn offline_writes_upload_in_order_once_the_service_is_reachable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = synced_replica(&dir).await;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    drop(listener);
+    let addr = unused_addr();
 
     write(&db, "UPDATE todos SET title = 'a' WHERE id = 1");
     write(&db, "UPDATE todos SET title = 'b' WHERE id = 1");

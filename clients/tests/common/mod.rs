@@ -187,6 +187,16 @@ pub async fn serve(fake: Fake) -> (String, AbortOnDrop) {
     (format!("http://{addr}"), AbortOnDrop(handle))
 }
 
+/// An address with nothing listening yet, for a service that comes up later.
+///
+/// On 127.0.0.2, not 127.0.0.1: [`serve`] binds 127.0.0.1 port 0, and the
+/// port freed here could be handed to another test's server, which this
+/// test's retrying client would then reach.
+pub fn unused_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    listener.local_addr().expect("addr")
+}
+
 pub async fn serve_on(fake: Fake, listener: tokio::net::TcpListener) {
     tonic::transport::Server::builder()
         .add_service(SyncServer::new(fake))
