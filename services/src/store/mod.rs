@@ -10,8 +10,8 @@
 //! ops         op id → the op: its bucket's id, kind, encoded RowOp
 //!             (+ index ops_by_bucket: (bucket id, op id))
 //! tombstones  (bucket, table, key) → op id of the row's REMOVE op there
-//! buckets     id → bucket (unique), checksum, row count, last op id,
-//!             compaction horizon
+//! buckets     id → bucket (unique), compaction horizon, summary: checksum,
+//!             row count, last op id (a fixed-size blob, see `sums`)
 //! members     (membership, user key, key, source row) — the membership index
 //! member_versions (membership, user key) → op id of its last change
 //! links       (hop source, parent key, child key) — the link index
@@ -91,6 +91,8 @@ pub enum StoreError {
     Op(#[from] prost::DecodeError),
     #[error("store meta value {key} is damaged: {value:?}")]
     Meta { key: &'static str, value: String },
+    #[error("the summary of bucket {0} is damaged")]
+    Summary(String),
     #[error("mirror row {key} of {tbl} is damaged")]
     Mirror { tbl: String, key: String },
     #[error("store: cannot start the thread that checkpoints its log: {0}")]
@@ -106,7 +108,7 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The layout of the tables below; a store with an older one is rebuilt.
-const FORMAT: i64 = 4;
+const FORMAT: i64 = 5;
 
 /// Every table of the store, to empty a store of an older layout.
 const DROP_ALL: &str = "
@@ -128,8 +130,8 @@ CREATE TABLE IF NOT EXISTS tombstones (
     bucket TEXT NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, op_id INTEGER NOT NULL,
     PRIMARY KEY (bucket, tbl, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS buckets (
-    id INTEGER PRIMARY KEY, bucket TEXT NOT NULL UNIQUE, checksum INTEGER NOT NULL,
-    count INTEGER NOT NULL, last_op_id INTEGER NOT NULL, horizon INTEGER NOT NULL);
+    id INTEGER PRIMARY KEY, bucket TEXT NOT NULL UNIQUE, horizon INTEGER NOT NULL,
+    summary BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS members (
     membership INTEGER NOT NULL, user_key TEXT NOT NULL, key TEXT NOT NULL, src TEXT NOT NULL,
     PRIMARY KEY (membership, user_key, key, src)) WITHOUT ROWID;

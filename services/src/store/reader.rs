@@ -5,6 +5,7 @@
 //! snapshot, so the checkpoint it reports and the ops and checksums it
 //! returns describe the same replicated transaction boundary.
 
+use super::sums::Summary;
 use super::{KIND_REMOVE, StoreError, open_connection};
 use crate::lsn::Lsn;
 use outpost_proto::v1::RowOp;
@@ -114,19 +115,24 @@ impl ReadTxn<'_> {
     pub fn bucket(&self, bucket: &str) -> Result<BucketInfo, StoreError> {
         let info = self
             .conn
-            .prepare_cached(
-                "SELECT checksum, count, last_op_id, horizon FROM buckets WHERE bucket = ?1",
-            )?
+            .prepare_cached("SELECT summary, horizon FROM buckets WHERE bucket = ?1")?
             .query_row([bucket], |r| {
-                Ok(BucketInfo {
-                    checksum: r.get::<_, i64>(0)? as u64,
-                    count: r.get::<_, i64>(1)? as u64,
-                    last_op_id: r.get::<_, i64>(2)? as u64,
-                    horizon: r.get::<_, i64>(3)? as u64,
-                })
+                Ok((
+                    Summary::decode(r.get_ref(0)?.as_blob()?),
+                    r.get::<_, i64>(1)? as u64,
+                ))
             })
             .optional()?;
-        Ok(info.unwrap_or_default())
+        let Some((summary, horizon)) = info else {
+            return Ok(BucketInfo::default());
+        };
+        let summary = summary.ok_or_else(|| StoreError::Summary(bucket.to_string()))?;
+        Ok(BucketInfo {
+            checksum: summary.checksum,
+            count: summary.count as u64,
+            last_op_id: summary.last_op_id,
+            horizon,
+        })
     }
 
     /// As [`ReadTxn::ops_since`], with each op as the store holds it: its

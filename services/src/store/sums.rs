@@ -3,6 +3,12 @@
 //! once per store commit instead of being read and written for every op,
 //! with the bucket's integer id, which the op index names it by.
 //!
+//! A summary is stored as a [`Summary::BYTES`]-byte blob, written in place
+//! through SQLite's incremental blob I/O: a commit whose ops reach
+//! thousands of buckets writes thousands of summaries, and an `UPDATE`
+//! statement each (decoding and encoding the whole row) cost as much as
+//! the ops themselves.
+//!
 //! Invariants:
 //! - An entry, once loaded, is the bucket's summary including every op of
 //!   the open store transaction; the `buckets` table catches up when
@@ -19,8 +25,44 @@
 //!   has its entry until it commits.
 
 use super::StoreError;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{MAIN_DB, OptionalExtension};
 use std::collections::HashMap;
+
+/// A bucket's summary as the `buckets` table stores it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Summary {
+    pub checksum: u64,
+    pub count: i64,
+    pub last_op_id: u64,
+}
+
+impl Summary {
+    /// The size of a stored summary: three little-endian 64-bit integers.
+    pub const BYTES: usize = 24;
+
+    pub fn encode(&self) -> [u8; Self::BYTES] {
+        let mut bytes = [0; Self::BYTES];
+        bytes[..8].copy_from_slice(&self.checksum.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.count.to_le_bytes());
+        bytes[16..].copy_from_slice(&self.last_op_id.to_le_bytes());
+        bytes
+    }
+
+    /// `None` when `bytes` is not a stored summary.
+    pub fn decode(bytes: &[u8]) -> Option<Summary> {
+        let bytes: &[u8; Self::BYTES] = bytes.try_into().ok()?;
+        let word = |i: usize| {
+            let mut w = [0; 8];
+            w.copy_from_slice(&bytes[i..i + 8]);
+            w
+        };
+        Some(Summary {
+            checksum: u64::from_le_bytes(word(0)),
+            count: i64::from_le_bytes(word(8)),
+            last_op_id: u64::from_le_bytes(word(16)),
+        })
+    }
+}
 
 /// Entries kept across commits; past this, they are dropped at a commit so
 /// that memory stays bounded however many buckets exist.
@@ -52,6 +94,47 @@ pub(super) struct BucketSums {
     dirty: Vec<usize>,
 }
 
+impl Sum {
+    fn stored(id: i64, summary: Summary) -> Sum {
+        Sum {
+            id,
+            checksum: summary.checksum,
+            count: summary.count,
+            last_op_id: summary.last_op_id,
+            dirty: false,
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            checksum: self.checksum,
+            count: self.count,
+            last_op_id: self.last_op_id,
+        }
+    }
+}
+
+/// Overwrites the summary of bucket `id` through `blob`, opened on the
+/// first write and moved to each next row (a handle must not outlive the
+/// flush: an open one keeps the transaction from committing).
+fn write_summary<'c>(
+    conn: &'c rusqlite::Connection,
+    blob: &mut Option<rusqlite::blob::Blob<'c>>,
+    id: i64,
+    summary: &Summary,
+) -> Result<(), StoreError> {
+    match blob {
+        Some(b) => b.reopen(id)?,
+        None => {
+            *blob = Some(conn.blob_open(MAIN_DB, c"buckets", c"summary", id, false)?);
+        }
+    }
+    if let Some(b) = blob {
+        b.write_all_at(&summary.encode(), 0)?;
+    }
+    Ok(())
+}
+
 impl BucketSums {
     /// Changes the summary of `bucket` with `f`, loading it from the store
     /// on first use (creating its row when the store has none); returns the
@@ -78,29 +161,27 @@ impl BucketSums {
     /// Loads the summary of `bucket` into a new slot (creating its row
     /// when the store has none); returns the slot.
     fn load(&mut self, conn: &rusqlite::Connection, bucket: &str) -> Result<usize, StoreError> {
-        let stored: Option<(i64, i64, i64, i64)> = conn
-            .prepare_cached(
-                "SELECT id, checksum, count, last_op_id FROM buckets WHERE bucket = ?1",
-            )?
+        let stored: Option<(i64, Option<Summary>)> = conn
+            .prepare_cached("SELECT id, summary FROM buckets WHERE bucket = ?1")?
             .query_row([bucket], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, Summary::decode(r.get_ref(1)?.as_blob()?)))
             })
             .optional()?;
         let sum = match stored {
-            Some((id, c, n, op)) => Sum {
+            Some((id, summary)) => Sum::stored(
                 id,
-                checksum: c as u64,
-                count: n,
-                last_op_id: op as u64,
-                dirty: false,
-            },
+                summary.ok_or_else(|| StoreError::Summary(bucket.into()))?,
+            ),
             None => Sum {
                 id: conn
                     .prepare_cached(
-                        "INSERT INTO buckets (bucket, checksum, count, last_op_id, horizon)
-                         VALUES (?1, 0, 0, 0, 0) RETURNING id",
+                        "INSERT INTO buckets (bucket, horizon, summary) VALUES (?1, 0, ?2)
+                         RETURNING id",
                     )?
-                    .query_row([bucket], |r| r.get(0))?,
+                    .query_row(
+                        rusqlite::params![bucket, &Summary::default().encode()[..]],
+                        |r| r.get(0),
+                    )?,
                 ..Sum::default()
             },
         };
@@ -121,19 +202,14 @@ impl BucketSums {
         if buckets as usize > MAX_KEPT {
             return Ok(());
         }
-        let mut stmt =
-            conn.prepare("SELECT id, bucket, checksum, count, last_op_id FROM buckets")?;
+        let mut stmt = conn.prepare("SELECT id, bucket, summary FROM buckets")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let sum = Sum {
-                id: r.get(0)?,
-                checksum: r.get::<_, i64>(2)? as u64,
-                count: r.get(3)?,
-                last_op_id: r.get::<_, i64>(4)? as u64,
-                dirty: false,
-            };
-            self.by_name.insert(r.get(1)?, self.slots.len());
-            self.slots.push(sum);
+            let bucket: String = r.get(1)?;
+            let summary = Summary::decode(r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?)
+                .ok_or_else(|| StoreError::Summary(bucket.clone()))?;
+            self.by_name.insert(bucket, self.slots.len());
+            self.slots.push(Sum::stored(r.get(0)?, summary));
         }
         Ok(())
     }
@@ -143,24 +219,17 @@ impl BucketSums {
         self.by_name.get(bucket).map(|&slot| self.slots[slot])
     }
 
-    /// Writes every changed summary to the `buckets` table.
+    /// Writes every changed summary to the `buckets` table, in place.
     pub fn flush(&mut self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
-        let mut stmt = conn.prepare_cached(
-            "UPDATE buckets SET checksum = ?2, count = ?3, last_op_id = ?4 WHERE id = ?1",
-        )?;
         let dirty = std::mem::take(&mut self.dirty);
+        let mut blob = None;
         for (i, &slot) in dirty.iter().enumerate() {
             let sum = &mut self.slots[slot];
-            let written = stmt.execute(params![
-                sum.id,
-                sum.checksum as i64,
-                sum.count,
-                sum.last_op_id as i64
-            ]);
+            let written = write_summary(conn, &mut blob, sum.id, &sum.summary());
             if let Err(e) = written {
                 // What is not written stays dirty, for the next flush.
                 self.dirty.extend_from_slice(&dirty[i..]);
-                return Err(e.into());
+                return Err(e);
             }
             sum.dirty = false;
         }
@@ -189,12 +258,15 @@ mod tests {
 
     fn stored(conn: &rusqlite::Connection) -> Vec<(String, i64)> {
         let mut stmt = conn
-            .prepare("SELECT bucket, count FROM buckets ORDER BY bucket")
+            .prepare("SELECT bucket, summary FROM buckets ORDER BY bucket")
             .unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        stmt.query_map([], |r| {
+            let summary = Summary::decode(r.get_ref(1)?.as_blob()?).expect("a summary");
+            Ok((r.get(0)?, summary.count))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
     }
 
     #[test]
@@ -248,12 +320,41 @@ mod tests {
 
         // Rows changed behind the summaries' back are not rewritten by a
         // flush that has nothing to write…
-        conn.execute("UPDATE buckets SET count = 99", []).unwrap();
+        let count_99 = Summary {
+            count: 99,
+            ..Summary::default()
+        };
+        conn.execute("UPDATE buckets SET summary = ?1", [&count_99.encode()[..]])
+            .unwrap();
         sums.flush(&conn).unwrap();
         assert_eq!(stored(&conn), [("a".into(), 99), ("b".into(), 99)]);
         // …and only the bucket changed since is.
         sums.update(&conn, "b", |s| s.count += 1).unwrap();
         sums.flush(&conn).unwrap();
         assert_eq!(stored(&conn), [("a".into(), 99), ("b".into(), 2)]);
+    }
+
+    #[test]
+    fn summaries_round_trip_and_a_damaged_one_names_its_bucket() {
+        let summary = Summary {
+            checksum: u64::MAX - 1,
+            count: 12_345,
+            last_op_id: 1 << 40,
+        };
+        assert_eq!(Summary::decode(&summary.encode()), Some(summary));
+        assert_eq!(Summary::decode(&summary.encode()[..23]), None);
+
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(super::super::SCHEMA).unwrap();
+        conn.execute(
+            "INSERT INTO buckets (bucket, horizon, summary) VALUES ('short', 0, x'0102')",
+            [],
+        )
+        .unwrap();
+        let mut sums = BucketSums::default();
+        let e = sums.update(&conn, "short", |s| s.count += 1).unwrap_err();
+        assert_eq!(e.to_string(), "the summary of bucket short is damaged");
+        let e = BucketSums::default().preload(&conn).unwrap_err();
+        assert_eq!(e.to_string(), "the summary of bucket short is damaged");
     }
 }
