@@ -1,12 +1,12 @@
 //! B5: many concurrent client streams with per-user shapes. With 10 and
 //! with 10,000 users connected (idle, after their initial sync), the same
 //! burst of single-row transactions spread over the users is drained into
-//! the store, live, then three more as backlogs (written while the
+//! the store, live, then five more as backlogs (written while the
 //! service process is stopped, so that both runs store them in commits of
 //! the same sizes). The two services, each with its own cluster, stay up
 //! side by side and drain their backlogs in turns, so that a machine whose
 //! speed drifts moves both sides alike. The routing cost per change — CPU
-//! time of the service's store threads on a backlog, the median of the three (the writer, which
+//! time of the service's store threads on a backlog, the median of the five (the writer, which
 //! decodes nothing but routes and stores every change, and the copy of its
 //! log into the database file) — must not grow with the number of streams
 //! (ratio ≤ 1.2), and each idle stream should cost the service little
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Backlogs drained per run; the median's CPU counts.
-const BACKLOGS: usize = 3;
+const BACKLOGS: usize = 5;
 
 /// Streams multiplexed on one HTTP/2 connection.
 const STREAMS_PER_CONNECTION: usize = 100;

@@ -8,10 +8,12 @@
 //!             (each bucket it is in, with the id of its PUT op there) + the
 //!             hash of that version
 //! ops         op id → the op: its bucket's id, kind, encoded RowOp
-//!             (+ index ops_by_bucket: (bucket id, op id))
+//!             (+ index ops_by_bucket: bucket id, whose entries end with
+//!             the op id as every index's do with the rowid)
 //! tombstones  (bucket, table, key) → op id of the row's REMOVE op there
-//! buckets     id → bucket (unique), compaction horizon, summary: checksum,
-//!             row count, last op id (a fixed-size blob, see `sums`)
+//! buckets     id → bucket (unique), compaction horizon
+//! bucket_sums id → summary: checksum, row count, last op id (a fixed-size
+//!             blob, see `sums`)
 //! members     (membership, user key, key, source row) — the membership index
 //! member_versions (membership, user key) → op id of its last change
 //! links       (hop source, parent key, child key) — the link index
@@ -114,7 +116,8 @@ const FORMAT: i64 = 5;
 const DROP_ALL: &str = "
 DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS mirror; DROP TABLE IF EXISTS bucket_ops;
 DROP TABLE IF EXISTS ops; DROP TABLE IF EXISTS tombstones;
-DROP TABLE IF EXISTS buckets; DROP TABLE IF EXISTS members; DROP TABLE IF EXISTS member_versions;
+DROP TABLE IF EXISTS buckets; DROP TABLE IF EXISTS bucket_sums;
+DROP TABLE IF EXISTS members; DROP TABLE IF EXISTS member_versions;
 DROP TABLE IF EXISTS links;
 ";
 
@@ -125,13 +128,13 @@ CREATE TABLE IF NOT EXISTS mirror (
     placed TEXT NOT NULL, hash INTEGER NOT NULL, PRIMARY KEY (tbl, klen, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ops (
     op_id INTEGER PRIMARY KEY, bucket INTEGER NOT NULL, kind INTEGER NOT NULL, op BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS ops_by_bucket ON ops (bucket, op_id);
+CREATE INDEX IF NOT EXISTS ops_by_bucket ON ops (bucket);
 CREATE TABLE IF NOT EXISTS tombstones (
     bucket TEXT NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, op_id INTEGER NOT NULL,
     PRIMARY KEY (bucket, tbl, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS buckets (
-    id INTEGER PRIMARY KEY, bucket TEXT NOT NULL UNIQUE, horizon INTEGER NOT NULL,
-    summary BLOB NOT NULL);
+    id INTEGER PRIMARY KEY, bucket TEXT NOT NULL UNIQUE, horizon INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS bucket_sums (id INTEGER PRIMARY KEY, summary BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS members (
     membership INTEGER NOT NULL, user_key TEXT NOT NULL, key TEXT NOT NULL, src TEXT NOT NULL,
     PRIMARY KEY (membership, user_key, key, src)) WITHOUT ROWID;

@@ -115,12 +115,12 @@ impl ReadTxn<'_> {
     pub fn bucket(&self, bucket: &str) -> Result<BucketInfo, StoreError> {
         let info = self
             .conn
-            .prepare_cached("SELECT summary, horizon FROM buckets WHERE bucket = ?1")?
+            .prepare_cached(
+                "SELECT s.summary, b.horizon FROM buckets b LEFT JOIN bucket_sums s ON s.id = b.id
+                 WHERE b.bucket = ?1",
+            )?
             .query_row([bucket], |r| {
-                Ok((
-                    Summary::decode(r.get_ref(0)?.as_blob()?),
-                    r.get::<_, i64>(1)? as u64,
-                ))
+                Ok((Summary::read(r.get_ref(0)?), r.get::<_, i64>(1)? as u64))
             })
             .optional()?;
         let Some((summary, horizon)) = info else {

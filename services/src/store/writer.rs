@@ -249,6 +249,7 @@ impl StoreWriter {
         self.sums.clear();
         self.conn.execute_batch(
             "DELETE FROM mirror; DELETE FROM ops; DELETE FROM tombstones; DELETE FROM buckets;
+             DELETE FROM bucket_sums;
              DELETE FROM meta WHERE key <> 'format';
              DELETE FROM members; DELETE FROM member_versions; DELETE FROM links;",
         )?;
