@@ -5,7 +5,7 @@
 //! snapshot, so the checkpoint it reports and the ops and checksums it
 //! returns describe the same replicated transaction boundary.
 
-use super::sums::Summary;
+use super::sums::read_summary;
 use super::{KIND_REMOVE, StoreError, open_connection};
 use crate::lsn::Lsn;
 use outpost_proto::v1::RowOp;
@@ -113,20 +113,16 @@ impl ReadTxn<'_> {
 
     /// A bucket's summary; an empty bucket that never had a row is all zero.
     pub fn bucket(&self, bucket: &str) -> Result<BucketInfo, StoreError> {
-        let info = self
+        let info: Option<(i64, i64)> = self
             .conn
-            .prepare_cached(
-                "SELECT s.summary, b.horizon FROM buckets b LEFT JOIN bucket_sums s ON s.id = b.id
-                 WHERE b.bucket = ?1",
-            )?
-            .query_row([bucket], |r| {
-                Ok((Summary::read(r.get_ref(0)?), r.get::<_, i64>(1)? as u64))
-            })
+            .prepare_cached("SELECT id, horizon FROM buckets WHERE bucket = ?1")?
+            .query_row([bucket], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let Some((summary, horizon)) = info else {
+        let Some((id, horizon)) = info else {
             return Ok(BucketInfo::default());
         };
-        let summary = summary.ok_or_else(|| StoreError::Summary(bucket.to_string()))?;
+        let summary = read_summary(self.conn, id, bucket)?;
+        let horizon = horizon as u64;
         Ok(BucketInfo {
             checksum: summary.checksum,
             count: summary.count as u64,
