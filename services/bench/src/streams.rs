@@ -6,11 +6,11 @@
 //! the same sizes). The two services, each with its own cluster, stay up
 //! side by side and drain their backlogs in turns, so that a machine whose
 //! speed drifts moves both sides alike. The routing cost per change — CPU
-//! time of the service's store threads on a backlog, the median of the five (the writer, which
-//! decodes nothing but routes and stores every change, and the copy of its
-//! log into the database file) — must not grow with the number of streams
-//! (ratio ≤ 1.2), and each idle stream should cost the service little
-//! memory (≤ 20 KB). The wall time per change
+//! time of the service's store threads on a backlog, the median of the
+//! five (the writer, which decodes nothing but routes and stores every
+//! change, and the copy of its log into the database file) — must not
+//! grow with the number of streams (ratio ≤ 1.2), and each idle stream
+//! should cost the service little memory (≤ 20 KB). The wall time per change
 //! to the store and until every stream has received its rows are reported
 //! too: with many users each change goes to a stream of its own, so the
 //! delivery work (one read and one message per change instead of one per

@@ -8,7 +8,7 @@
 //! commit whose ops reach thousands of buckets writes thousands of
 //! summaries, and an `UPDATE` statement each (decoding and encoding the
 //! whole row) cost as much as the ops themselves; rows that hold only the
-//! summary are few to a page, so such a commit dirties fewer pages.
+//! summary are many to a page, so such a commit dirties fewer pages.
 //!
 //! Invariants:
 //! - An entry, once loaded, is the bucket's summary including every op of
@@ -82,9 +82,7 @@ const MAX_KEPT: usize = 65_536;
 pub(super) struct Sum {
     /// The bucket's id in `buckets` (and in the op index).
     pub id: i64,
-    pub checksum: u64,
-    pub count: i64,
-    pub last_op_id: u64,
+    pub summary: Summary,
     /// Changed since it was loaded or last flushed.
     dirty: bool,
 }
@@ -101,26 +99,6 @@ pub(super) struct BucketSums {
     /// looking at the others (a commit costs what it changed, not how many
     /// buckets are loaded).
     dirty: Vec<usize>,
-}
-
-impl Sum {
-    fn stored(id: i64, summary: Summary) -> Sum {
-        Sum {
-            id,
-            checksum: summary.checksum,
-            count: summary.count,
-            last_op_id: summary.last_op_id,
-            dirty: false,
-        }
-    }
-
-    fn summary(&self) -> Summary {
-        Summary {
-            checksum: self.checksum,
-            count: self.count,
-            last_op_id: self.last_op_id,
-        }
-    }
 }
 
 /// The stored summary of bucket `id` (named `bucket`).
@@ -149,15 +127,14 @@ fn write_summary<'c>(
     id: i64,
     summary: &Summary,
 ) -> Result<(), StoreError> {
-    match blob {
-        Some(b) => b.reopen(id)?,
-        None => {
-            *blob = Some(conn.blob_open(MAIN_DB, c"bucket_sums", c"summary", id, false)?);
+    let b = match blob {
+        Some(b) => {
+            b.reopen(id)?;
+            b
         }
-    }
-    if let Some(b) = blob {
-        b.write_all_at(&summary.encode(), 0)?;
-    }
+        None => blob.insert(conn.blob_open(MAIN_DB, c"bucket_sums", c"summary", id, false)?),
+    };
+    b.write_all_at(&summary.encode(), 0)?;
     Ok(())
 }
 
@@ -169,14 +146,14 @@ impl BucketSums {
         &mut self,
         conn: &rusqlite::Connection,
         bucket: &str,
-        f: impl FnOnce(&mut Sum),
+        f: impl FnOnce(&mut Summary),
     ) -> Result<i64, StoreError> {
         let slot = match self.by_name.get(bucket) {
             Some(&slot) => slot,
             None => self.load(conn, bucket)?,
         };
         let sum = &mut self.slots[slot];
-        f(sum);
+        f(&mut sum.summary);
         if !sum.dirty {
             sum.dirty = true;
             self.dirty.push(slot);
@@ -192,7 +169,11 @@ impl BucketSums {
             .query_row([bucket], |r| r.get(0))
             .optional()?;
         let sum = match stored {
-            Some(id) => Sum::stored(id, read_summary(conn, id, bucket)?),
+            Some(id) => Sum {
+                id,
+                summary: read_summary(conn, id, bucket)?,
+                dirty: false,
+            },
             None => {
                 conn.prepare_cached("INSERT INTO buckets (bucket, horizon) VALUES (?1, 0)")?
                     .execute([bucket])?;
@@ -231,7 +212,11 @@ impl BucketSums {
             let summary =
                 Summary::read(r.get_ref(2)?).ok_or_else(|| StoreError::Summary(bucket.clone()))?;
             self.by_name.insert(bucket, self.slots.len());
-            self.slots.push(Sum::stored(r.get(0)?, summary));
+            self.slots.push(Sum {
+                id: r.get(0)?,
+                summary,
+                dirty: false,
+            });
         }
         Ok(())
     }
@@ -241,13 +226,13 @@ impl BucketSums {
         self.by_name.get(bucket).map(|&slot| self.slots[slot])
     }
 
-    /// Writes every changed summary to the `buckets` table, in place.
+    /// Writes every changed summary to `bucket_sums`, in place.
     pub fn flush(&mut self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
         let dirty = std::mem::take(&mut self.dirty);
         let mut blob = None;
         for (i, &slot) in dirty.iter().enumerate() {
             let sum = &mut self.slots[slot];
-            let written = write_summary(conn, &mut blob, sum.id, &sum.summary());
+            let written = write_summary(conn, &mut blob, sum.id, &sum.summary);
             if let Err(e) = written {
                 // What is not written stays dirty, for the next flush.
                 self.dirty.extend_from_slice(&dirty[i..]);
@@ -313,16 +298,13 @@ mod tests {
         again.preload(&conn).unwrap();
         for bucket in ["a", "b"] {
             let (was, is) = (sums.get(bucket).unwrap(), again.get(bucket).unwrap());
-            assert_eq!(
-                (was.id, was.checksum, was.count, was.last_op_id),
-                (is.id, is.checksum, is.count, is.last_op_id)
-            );
+            assert_eq!((was.id, was.summary), (is.id, is.summary));
         }
         assert!(again.dirty.is_empty());
         // Changing a preloaded bucket builds on its stored summary.
         let id = again.update(&conn, "a", |s| s.count += 1).unwrap();
         assert_eq!(
-            (id, again.get("a").unwrap().count),
+            (id, again.get("a").unwrap().summary.count),
             (sums.get("a").unwrap().id, 3)
         );
     }

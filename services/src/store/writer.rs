@@ -311,8 +311,8 @@ impl StoreWriter {
         // (entries are only dropped between transactions).
         for (bucket, change) in self.touched.buckets.iter_mut() {
             if let Some(sum) = self.sums.get(bucket) {
-                change.checksum = sum.checksum;
-                change.count = sum.count.max(0) as u64;
+                change.checksum = sum.summary.checksum;
+                change.count = sum.summary.count.max(0) as u64;
             }
         }
         self.sums.flush(&self.conn)?;
